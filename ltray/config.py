@@ -1,0 +1,415 @@
+"""Typed, validated configuration: YAML files plus dotted command-line overrides.
+
+    cfg = load_config("my.yaml", ["train.lr=0.05", "data.imbalance_ratio=50"])
+
+Every section is a pydantic model that forbids unknown keys. All problems of a file and its
+overrides are collected and raised at once as one :class:`ConfigError` naming each key (and the
+YAML line where the key came from a file). The dotted keys here are the same ones a search space
+tunes (``kt.phi``, ``memory.momentum``, ``train.lr`` ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ltray.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "MemoryConfig",
+    "KTConfig",
+    "MixupConfig",
+    "LossConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "ScalingConfig",
+    "TrackingConfig",
+    "OLTRConfig",
+    "LFMEConfig",
+    "Config",
+    "load_config",
+    "apply_overrides",
+    "parse_override",
+    "config_hash",
+    "flatten",
+    "save_config",
+    "known_keys",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which images, how they are made long-tailed, and how they are loaded."""
+
+    name: str = Field("digits-lt", description="dataset source; see `ltray data sources`")
+    root: str | None = Field(None, description="dataset root (ImageFolder tree, torchvision copy)")
+    imbalance_ratio: float = Field(10.0, description="rho = n_max / n_min of the train split")
+    profile: Literal["exp", "step"] = "exp"
+    seed: int = Field(0, description="seed of the per-class selection and the val carve-out")
+    train_list: str | None = Field(None, description="list file `relative/path label` (train)")
+    val_list: str | None = None
+    test_list: str | None = None
+    num_classes: int | None = Field(None, description="for list files; default: max label + 1")
+    val_protocol: Literal["carve", "test"] = Field(
+        "carve",
+        description="carve: a seeded balanced val split is taken out of the test set; "
+        "test: the papers' protocol, val = test (labelled in every report)",
+    )
+    val_per_class: int = Field(
+        20, ge=1, description="images per class carved out for val (CIFAR-LT: 100)"
+    )
+    many_threshold: int = Field(100, description="many-shot: more than this many train images")
+    few_threshold: int = Field(20, description="few-shot: fewer than this many train images")
+    sampler: Literal["instance", "class_balanced", "sqrt"] = "instance"
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    image_size: int | None = Field(None, description="override the family's input size")
+    download: bool = Field(False, description="allow torchvision to download (needs internet)")
+
+    @field_validator("imbalance_ratio")
+    @classmethod
+    def _rho(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError("must be >= 1 (rho = n_max / n_min; 1 = balanced)")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.few_threshold > self.many_threshold:
+            raise ValueError(
+                "data.few_threshold must be <= data.many_threshold, got "
+                f"({self.few_threshold}, {self.many_threshold})"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    backbone: str = Field("resnet32", description="registered backbone name")
+    small_input: bool | None = Field(
+        None, description="CIFAR-style stem; default: decided by the data family"
+    )
+
+
+class MemoryConfig(_Section):
+    """Class-mean memory of normalised features (METHODS §3)."""
+
+    enabled: bool = True
+    init_epoch: int = Field(1, ge=0, description="k: full-pass init at the end of epoch k")
+    momentum: float = Field(0.9, description="EMA momentum in [0, 1)")
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    renormalize: bool = Field(False, description="renormalise M_c after each EMA update")
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError("must be in [0, 1) (EMA keeps momentum of the old mean)")
+        return v
+
+
+class KTConfig(_Section):
+    """Knowledge transfer from the NCM teacher to a second head (METHODS §5)."""
+
+    enabled: bool = True
+    phi: float = Field(0.8, description="weight of the distillation term, in [0, 1]")
+    temperature: float = Field(1.0, gt=0)
+    detach_feature: bool = Field(True, description="the KT head sees detached features")
+
+    @field_validator("phi")
+    @classmethod
+    def _phi(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("must be in [0, 1] (L = phi*L_KT + (1-phi)*L_CE)")
+        return v
+
+
+class MixupConfig(_Section):
+    variant: Literal["none", "input", "manifold", "tail", "head"] = "none"
+    alpha: float = Field(0.1, gt=0)
+
+
+class LossConfig(_Section):
+    name: Literal["ce", "balanced_softmax"] = "ce"
+
+
+class TrainConfig(_Section):
+    method: str = Field("kt", description="training method: kt | ce | oltr | lfme ...")
+    epochs: int = Field(12, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = False
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    milestones: list[int] = Field(default_factory=list, description="step schedule epochs")
+    gammas: list[float] = Field(
+        default_factory=list, description="cumulative lr factor after each milestone"
+    )
+    scale_lr: bool = Field(False, description="lr *= global batch / base_batch_size")
+    base_batch_size: int = Field(128, ge=1)
+    amp: bool = Field(True, description="mixed precision where a GPU is used")
+    channels_last: bool = Field(True, description="channels_last where a GPU is used")
+    seed: int = 0
+    threads: int | None = Field(None, description="torch threads per worker (CPU)")
+    checkpoint_every: int = Field(1, ge=1)
+    max_failures: int = Field(1, ge=0, description="worker-group restarts from a checkpoint")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if len(self.milestones) != len(self.gammas):
+            raise ValueError(
+                "train.milestones and train.gammas must have the same length, got "
+                f"({len(self.milestones)}, {len(self.gammas)})"
+            )
+        return self
+
+
+class EvalConfig(_Section):
+    ece_bins: int = Field(15, ge=1)
+    every: int = Field(1, ge=1, description="evaluate on val every N epochs")
+    select_head: str = Field("linear", description="head whose val accuracy picks the best epoch")
+
+
+class ScalingConfig(_Section):
+    num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 = in-process")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class TrackingConfig(_Section):
+    mlflow: bool = Field(False, description="log the run to MLflow")
+    mlflow_uri: str | None = Field(None, description="default: sqlite under the ltray home")
+    experiment: str = "ltray"
+
+
+class OLTRConfig(_Section):
+    stage1: str | None = Field(None, description="run dir of the stage-1 (CE) checkpoint")
+    centroid_weight: float = Field(0.01, ge=0)
+    cosine_scale: float = Field(16.0, gt=0)
+    attention: bool = True
+
+
+class LFMEConfig(_Section):
+    experts: list[str] = Field(default_factory=list, description="expert run dirs")
+    temperature: float = Field(2.0, gt=0)
+    kd_weight: float = Field(1.0, ge=0)
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    kt: KTConfig = Field(default_factory=KTConfig)
+    mixup: MixupConfig = Field(default_factory=MixupConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    oltr: OLTRConfig = Field(default_factory=OLTRConfig)
+    lfme: LFMEConfig = Field(default_factory=LFMEConfig)
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path of a YAML mapping to its 1-based line number."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                path = (*prefix, str(k.value))
+                lines[path] = k.start_mark.line + 1
+                walk(v, path)
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """Read a YAML mapping with ``safe_load``; return it and the line of every key path."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found; pass an existing YAML file")
+    text = p.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{p}:1: the top level must be a mapping of sections, got {type(data).__name__}"
+        )
+    return data, _yaml_lines(text)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.05"`` → (["train", "lr"], 0.05). The value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(
+            f"override {item!r}: expected key=value with a dotted key, e.g. train.lr=0.05"
+        )
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: empty key part; use e.g. data.imbalance_ratio=50")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted ``key=value`` overrides applied."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _format_errors(
+    exc: ValidationError,
+    source: str | None,
+    lines: dict[tuple[str, ...], int],
+    overridden: set[tuple[str, ...]],
+) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(str(x) for x in err["loc"])
+        key = ".".join(loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            section = _section_for(loc[:-1])
+            choices = ", ".join(sorted(section.model_fields)) if section else ""
+            msg = f"unknown key; valid keys here: {choices}"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if (
+            "input" in err
+            and err["type"] != "extra_forbidden"
+            and not isinstance(err["input"], dict)
+        ):
+            msg += f" (got {err['input']!r})"
+        # A model-level validator reports the section; its message already names the key.
+        if loc in overridden or any(loc[: len(o)] == o for o in overridden):
+            where = f"override {key}"
+        elif source and loc in lines:
+            where = f"{source}:{lines[loc]}: {key}"
+        elif source and loc[:1] and loc[:1] in lines:
+            where = f"{source}:{lines[loc[:1]]}: {key}"
+        else:
+            where = key or "config"
+        problems.append(f"{where}: {msg}")
+    n = len(problems)
+    head = f"{n} config problem{'s' if n > 1 else ''}: "
+    return head + "; ".join(problems)
+
+
+def _section_for(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return None
+        model = field.annotation
+    return model
+
+
+def build_config(
+    data: dict[str, Any],
+    *,
+    source: str | None = None,
+    lines: dict[tuple[str, ...], int] | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Validate a raw mapping (+ overrides) into a :class:`Config`, all errors at once."""
+    overrides = overrides or []
+    merged = apply_overrides(data, overrides)
+    overridden = {tuple(parse_override(o)[0]) for o in overrides}
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source, lines or {}, overridden)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a config: defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
+    if path is None:
+        return build_config({}, overrides=overrides)
+    data, lines = read_yaml(path)
+    return build_config(data, source=str(path), lines=lines, overrides=overrides)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping → ``{"a.b": value}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def known_keys() -> dict[str, Any]:
+    """Every dotted config key with its field info (used to validate search spaces)."""
+    out: dict[str, Any] = {}
+    for sec_name, sec_field in Config.model_fields.items():
+        section = sec_field.annotation
+        assert isinstance(section, type) and issubclass(section, BaseModel)
+        for name, field in section.model_fields.items():
+            out[f"{sec_name}.{name}"] = field
+    return out
+
+
+def config_hash(cfg: Config) -> str:
+    """A short stable hash of the resolved config (names caches and runs)."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
