@@ -1,0 +1,30 @@
+"""Backbones, heads, the class-mean memory (NCM) and the stage-1 network."""
+
+from ltray.models.backbones import BACKBONES, Backbone, build_backbone
+from ltray.models.heads import CosineClassifier, linear_head
+from ltray.models.memory import (
+    ClassMemory,
+    class_sums,
+    d_scale,
+    ncm_logits,
+    normalize,
+    reduce_class_sums,
+)
+from ltray.models.network import LTNet, NetOutput, build_network
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "build_backbone",
+    "CosineClassifier",
+    "linear_head",
+    "ClassMemory",
+    "class_sums",
+    "d_scale",
+    "ncm_logits",
+    "normalize",
+    "reduce_class_sums",
+    "LTNet",
+    "NetOutput",
+    "build_network",
+]

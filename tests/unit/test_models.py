@@ -1,0 +1,194 @@
+"""Backbones, heads and the stage-1 network: shapes, NaN, parameter counts, wiring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ltray.config import load_config
+from ltray.errors import ConfigError
+from ltray.models import (
+    BACKBONES,
+    ClassMemory,
+    LTNet,
+    NetOutput,
+    build_backbone,
+    build_network,
+)
+from ltray.models.heads import CosineClassifier
+
+NUM_CLASSES = 7
+
+# (in_channels, size, small_input, batch): digits-like, CIFAR-like inputs for every backbone.
+SMALL_INPUTS = [(1, 8, True, 4), (3, 32, True, 4), (1, 8, False, 2)]
+
+
+def _n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _check_backbone(name: str, c: int, size: int, small: bool, batch: int) -> None:
+    torch.manual_seed(0)
+    bb = build_backbone(name, in_channels=c, small_input=small)
+    net = LTNet(bb, num_classes=NUM_CLASSES, kt_head=True)
+    net.eval()
+    x = torch.randn(batch, c, size, size)
+    with torch.no_grad():
+        fmap = bb.forward_map(x)
+        out = net(x)
+    d = bb.feat_dim
+    assert fmap.dim() == 4 and fmap.shape[:2] == (batch, d)
+    assert out.features.shape == (batch, d)
+    assert out.logits.shape == (batch, NUM_CLASSES)
+    assert out.kt_logits is not None and out.kt_logits.shape == (batch, NUM_CLASSES)
+    for t in (fmap, out.features, out.logits, out.kt_logits):
+        assert torch.isfinite(t).all()
+    # features are taken after the last ReLU and the average pool
+    assert (out.features >= 0).all()
+    torch.testing.assert_close(bb.pool(fmap), out.features)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize(("c", "size", "small", "batch"), SMALL_INPUTS)
+def test_backbone_shapes_small_inputs(name: str, c: int, size: int, small: bool, batch: int):
+    _check_backbone(name, c, size, small, batch)
+
+
+def test_resnet10_imagenet_input():
+    _check_backbone("resnet10", 3, 224, False, 2)
+
+
+def test_resnet10_224_map_is_7x7():
+    bb = build_backbone("resnet10", in_channels=3, small_input=False).eval()
+    with torch.no_grad():
+        assert bb.forward_map(torch.randn(1, 3, 224, 224)).shape == (1, 512, 7, 7)
+
+
+def test_feature_dims():
+    assert build_backbone("resnet10", in_channels=3, small_input=False).feat_dim == 512
+    assert build_backbone("resnet18", in_channels=3, small_input=False).feat_dim == 512
+    assert build_backbone("resnet32", in_channels=3, small_input=True).feat_dim == 64
+
+
+def test_resnet10_param_count():
+    # Hand count (3x3 convs without bias, BN = 2 params per channel):
+    # stem 7*7*3*64 + 128                                   =     9,536
+    # stage1 2*(9*64*64) + 2*128                            =    73,984
+    # stage2 9*64*128 + 9*128*128 + 2*256 + 64*128 + 256    =   230,144
+    # stage3 9*128*256 + 9*256*256 + 2*512 + 128*256 + 512  =   919,040
+    # stage4 9*256*512 + 9*512*512 + 2*1024 + 256*512 + 1024 = 3,673,088
+    bb = build_backbone("resnet10", in_channels=3, small_input=False)
+    assert _n_params(bb) == 4_905_792  # METHODS §2: ≈4.9M
+    # The 1-channel CIFAR stem only changes the first conv: 3*3*1*64 instead of 7*7*3*64.
+    bb1 = build_backbone("resnet10", in_channels=1, small_input=True)
+    assert _n_params(bb1) == 4_905_792 - 7 * 7 * 3 * 64 + 3 * 3 * 1 * 64
+    net = LTNet(bb, num_classes=1000)
+    assert _n_params(net) == 4_905_792 + 512 * 1000 + 1000
+
+
+def test_resnet32_param_count():
+    # stem 9*3*16 + 32 = 464; stage1 5*(2*9*16*16 + 64) = 23,360;
+    # stage2 (9*16*32 + 9*32*32 + 128) + 4*(2*9*32*32 + 128) = 88,192;
+    # stage3 (9*32*64 + 9*64*64 + 256) + 4*(2*9*64*64 + 256) = 351,488; option-A adds nothing.
+    bb = build_backbone("resnet32", in_channels=3, small_input=True)
+    assert _n_params(bb) == 463_504  # METHODS §2: ≈0.46M
+    net = LTNet(bb, num_classes=10)
+    assert _n_params(net) == 463_504 + 64 * 10 + 10
+
+
+def test_resnet18_param_count():
+    bb = build_backbone("resnet18", in_channels=3, small_input=False)
+    assert _n_params(bb) == 11_176_512  # torchvision resnet18 without its fc
+
+
+def test_unknown_backbone_lists_known():
+    with pytest.raises(ConfigError, match="model.backbone: unknown backbone 'vgg'.*resnet10"):
+        build_backbone("vgg", in_channels=3, small_input=True)
+
+
+def test_small_input_stem_keeps_resolution():
+    bb = build_backbone("resnet10", in_channels=3, small_input=True).eval()
+    with torch.no_grad():
+        # 32 -> 32 (stem, no max-pool) -> 32/16/8/4 over the four stages
+        assert bb.forward_map(torch.randn(1, 3, 32, 32)).shape == (1, 512, 4, 4)
+
+
+def test_build_network_wiring():
+    cfg = load_config(None, ["model.backbone=resnet32"])
+    net = build_network(cfg, num_classes=5, in_channels=3, small_input=True)
+    assert net.kt_head is not None and isinstance(net.memory, ClassMemory)
+    assert net.memory.means.shape == (5, 64)
+    assert net.memory.momentum == cfg.memory.momentum
+
+    cfg = load_config(None, ["kt.enabled=false", "memory.enabled=false"])
+    net = build_network(cfg, num_classes=5, in_channels=1, small_input=True)
+    assert net.kt_head is None and net.memory is None
+    out = net(torch.randn(2, 1, 8, 8))
+    assert isinstance(out, NetOutput) and out.kt_logits is None
+
+    # memory without KT
+    cfg = load_config(None, ["kt.enabled=false", "memory.metric=euclidean"])
+    net = build_network(cfg, num_classes=5, in_channels=1, small_input=True)
+    assert net.kt_head is None and net.memory is not None and net.memory.metric == "euclidean"
+
+
+def test_kt_head_sees_detached_features():
+    torch.manual_seed(0)
+    net = LTNet(
+        build_backbone("resnet32", in_channels=1, small_input=True),
+        num_classes=3,
+        kt_head=True,
+    )
+    x = torch.randn(4, 1, 8, 8)
+    out = net(x)
+    assert out.kt_logits is not None
+    out.kt_logits.sum().backward()
+    assert all(p.grad is None for p in net.backbone.parameters())
+    assert net.kt_head is not None and net.kt_head.weight.grad is not None
+
+    net.zero_grad(set_to_none=True)
+    out = net.heads(net.backbone(x), detach_kt=False)
+    assert out.kt_logits is not None
+    out.kt_logits.sum().backward()
+    assert any(p.grad is not None for p in net.backbone.parameters())
+
+
+def test_heads_on_mixed_features_match_forward():
+    torch.manual_seed(0)
+    net = LTNet(
+        build_backbone("resnet10", in_channels=1, small_input=True), num_classes=3, kt_head=True
+    ).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        a = net(x)
+        b = net.heads(net.backbone(x))
+    torch.testing.assert_close(a.logits, b.logits)
+    assert a.kt_logits is not None and b.kt_logits is not None
+    torch.testing.assert_close(a.kt_logits, b.kt_logits)
+
+
+def test_memory_buffers_in_state_dict():
+    cfg = load_config(None, ["model.backbone=resnet32"])
+    net = build_network(cfg, num_classes=4, in_channels=1, small_input=True)
+    assert net.memory is not None
+    net.memory.set_from_sums(torch.eye(4, 64), torch.ones(4))
+    sd = net.state_dict()
+    assert {"memory.means", "memory.valid", "memory.initialized"} <= set(sd)
+    other = build_network(cfg, num_classes=4, in_channels=1, small_input=True)
+    other.load_state_dict(sd)
+    assert other.memory is not None and other.memory.is_initialized
+    torch.testing.assert_close(other.memory.means, torch.eye(4, 64))
+
+
+def test_memory_shape_mismatch_is_an_error():
+    bb = build_backbone("resnet32", in_channels=1, small_input=True)
+    with pytest.raises(ValueError, match="memory shape"):
+        LTNet(bb, num_classes=3, memory=ClassMemory(3, 512))
+
+
+def test_cosine_classifier_hand_example():
+    head = CosineClassifier(2, 2, scale=16.0)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 5.0]]))
+    z = head(torch.tensor([[3.0, 4.0]]))
+    torch.testing.assert_close(z, torch.tensor([[16 * 0.6, 16 * 0.8]]))
