@@ -1,0 +1,206 @@
+"""MLflow tracking that never loses a result.
+
+Everything goes through :class:`SpoolingClient`: each MLflow call is tried at once; if the
+tracking server cannot be reached the call is appended to a local spool file (JSON lines) and
+replayed, in order, before the next call and by :meth:`SpoolingClient.flush`. A sweep therefore
+finishes when the server is down, and its runs appear in MLflow once the server is back.
+
+Default store: an absolute ``sqlite:///$LTRAY_HOME/mlflow.db`` (Ray chdirs into trial folders,
+so a relative URI would point elsewhere in every process).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ltray.config import Config, flatten
+from ltray.paths import default_mlflow_uri, ltray_home
+
+__all__ = [
+    "resolve_tracking_uri",
+    "SpoolingClient",
+    "log_train_run",
+    "mlflow_params",
+    "final_test_metrics",
+]
+
+log = logging.getLogger(__name__)
+
+# MLflow caps a param value at 6000 characters (older servers: 500); keep values short.
+_MAX_PARAM = 500
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """None → the default SQLite store; a relative ``sqlite:///`` path or a plain path → an
+    absolute ``sqlite:///`` URI; ``http(s)://``, ``databricks`` ... unchanged."""
+    if not uri:
+        ltray_home().mkdir(parents=True, exist_ok=True)
+        return default_mlflow_uri()
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if not path.startswith("/"):
+            return "sqlite:///" + str(Path(path).resolve())
+        return uri
+    if "://" not in uri:
+        return "sqlite:///" + str(Path(uri).expanduser().resolve())
+    return uri
+
+
+def mlflow_params(cfg: Config) -> dict[str, str]:
+    """The flattened config as MLflow params (``train.lr`` → ``"0.1"``)."""
+    flat = flatten(cfg.model_dump(mode="json"))
+    return {k: str(v)[:_MAX_PARAM] for k, v in flat.items()}
+
+
+class SpoolingClient:
+    """An ``MlflowClient`` whose failed calls are spooled to ``spool`` and replayed later."""
+
+    def __init__(self, tracking_uri: str, spool: Path) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.spool = Path(spool)
+        self._warned = False
+
+    # -- public operations (all spoolable, JSON arguments only) --------------------------------
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        return exp.experiment_id if exp else self.client.create_experiment(name)
+
+    def create_run(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+        """Create a run now (needs the server: a run id cannot be spooled)."""
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        self._call("log_params", run_id, {k: str(v)[:_MAX_PARAM] for k, v in params.items()})
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        self._call("log_metrics", run_id, clean, step)
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self._call("set_tag", run_id, key, value)
+
+    def log_artifact(self, run_id: str, path: str) -> None:
+        if Path(path).exists():
+            self._call("log_artifact", run_id, str(path))
+
+    def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
+        self._call("set_terminated", run_id, status)
+
+    def flush(self) -> bool:
+        """Replay the spool; True when it is empty afterwards."""
+        return self._replay()
+
+    # -- machinery -----------------------------------------------------------------------------
+    def _do(self, op: str, args: list[Any]) -> None:
+        import time
+
+        from mlflow.entities import Metric, Param
+
+        if op == "log_params":
+            run_id, params = args
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        elif op == "log_metrics":
+            run_id, metrics, step = args
+            ts = int(time.time() * 1000)
+            self.client.log_batch(
+                run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()]
+            )
+        elif op == "set_tag":
+            self.client.set_tag(*args)
+        elif op == "log_artifact":
+            self.client.log_artifact(*args)
+        elif op == "set_terminated":
+            self.client.set_terminated(*args)
+        else:  # pragma: no cover - the spool only holds the ops above
+            raise ValueError(op)
+
+    def _call(self, op: str, *args: Any) -> None:
+        if self._replay():
+            try:
+                self._do(op, list(args))
+                return
+            except Exception as exc:  # noqa: BLE001 - any transport/server failure spools
+                self._warn(exc)
+        with open(self.spool, "a") as f:
+            f.write(json.dumps({"op": op, "args": list(args)}) + "\n")
+
+    def _replay(self) -> bool:
+        if not self.spool.is_file():
+            return True
+        lines = [ln for ln in self.spool.read_text().splitlines() if ln.strip()]
+        done = 0
+        for line in lines:
+            item = json.loads(line)
+            try:
+                self._do(item["op"], item["args"])
+            except Exception as exc:  # noqa: BLE001
+                self._warn(exc)
+                break
+            done += 1
+        rest = lines[done:]
+        if rest:
+            tmp = self.spool.with_suffix(".tmp")
+            tmp.write_text("\n".join(rest) + "\n")
+            os.replace(tmp, self.spool)
+            return False
+        self.spool.unlink()
+        return True
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._warned:
+            warnings.warn(
+                f"MLflow at {self.tracking_uri} unreachable ({type(exc).__name__}); results are "
+                f"kept in {self.spool} and replayed when it is back",
+                stacklevel=3,
+            )
+            self._warned = True
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+def log_train_run(cfg: Config, run_dir: Path, results: dict[str, Any]) -> str | None:
+    """Log a finished `ltray train` run (params, per-epoch metrics, test metrics, artifacts)
+    and write ``mlflow_run.json`` so `ltray fuse` can add to the same run."""
+    from ltray.train.rundir import read_metrics
+
+    uri = resolve_tracking_uri(cfg.tracking.mlflow_uri)
+    client = SpoolingClient(uri, Path(run_dir) / "mlflow_spool.jsonl")
+    try:
+        run_id = client.create_run(cfg.tracking.experiment, Path(run_dir).name,
+                                   {"ltray.run_dir": str(run_dir)})
+    except Exception as exc:  # noqa: BLE001
+        warnings.warn(f"MLflow at {uri} unreachable ({exc}); run not logged", stacklevel=2)
+        return None
+    client.log_params(run_id, mlflow_params(cfg))
+    for rec in read_metrics(run_dir):
+        client.log_metrics(run_id, rec, step=int(rec["epoch"]))
+    client.log_metrics(run_id, final_test_metrics(results), step=int(results["best_epoch"]))
+    for name in ("config.yaml", "results.json", "table.txt", "per_class.png", "metrics.csv"):
+        client.log_artifact(run_id, str(Path(run_dir) / name))
+    client.set_terminated(run_id)
+    (Path(run_dir) / "mlflow_run.json").write_text(
+        json.dumps({"tracking_uri": uri, "run_id": run_id})
+    )
+    return run_id
+
+
+def final_test_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """``{"test_kt_overall": ..., ...}`` from ``results.json`` (absent groups left out)."""
+    out: dict[str, float] = {}
+    for head, per_split in results["heads"].items():
+        for key in ("many", "medium", "few", "overall", "top1", "top5", "ece"):
+            v = per_split["test"].get(key)
+            if v is not None:
+                out[f"test_{head}_{key}"] = float(v)
+    return out

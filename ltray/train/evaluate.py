@@ -1,0 +1,108 @@
+"""Evaluation of every head: feature extraction over a split and per-head metrics.
+
+Heads: ``linear`` (dot-product head), ``ncm_ema`` (NCM with the EMA memory), ``ncm_full`` (NCM
+with a full-pass memory over the train split, eval transforms), ``kt`` (the KT head).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ltray.fusion.cache import SplitArrays
+from ltray.metrics import HeadMetrics, evaluate_logits
+from ltray.models import LTNet, class_sums, ncm_logits, normalize
+
+__all__ = ["HEADS", "extract", "full_pass_sums", "head_logits", "evaluate_heads", "flat_metrics"]
+
+HEADS = ("linear", "ncm_ema", "ncm_full", "kt")
+
+
+@torch.no_grad()
+def extract(net: LTNet, loader: DataLoader, device: torch.device) -> SplitArrays:
+    """Run ``net`` in eval mode over ``loader``: features [N, d], logits [N, C], labels [N]."""
+    was_training = net.training
+    net.eval()
+    feats, logits, kt, labels = [], [], [], []
+    for x, y in loader:
+        out = net(x.to(device, non_blocking=True))
+        feats.append(out.features.float().cpu())
+        logits.append(out.logits.float().cpu())
+        if out.kt_logits is not None:
+            kt.append(out.kt_logits.float().cpu())
+        labels.append(torch.as_tensor(y))
+    net.train(was_training)
+    return SplitArrays(
+        features=torch.cat(feats).numpy(),
+        logits=torch.cat(logits).numpy(),
+        labels=torch.cat(labels).numpy().astype(np.int64),
+        kt_logits=torch.cat(kt).numpy() if kt else None,
+    )
+
+
+@torch.no_grad()
+def full_pass_sums(
+    net: LTNet, loader: DataLoader, device: torch.device, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums [C, d] and counts [C] of normalised features over ``loader`` (eval mode)."""
+    was_training = net.training
+    net.eval()
+    sums: torch.Tensor | None = None
+    counts = torch.zeros(num_classes, device=device)
+    for x, y in loader:
+        h = net.backbone(x.to(device, non_blocking=True)).float()
+        s, c = class_sums(normalize(h), torch.as_tensor(y, device=device), num_classes)
+        sums = s if sums is None else sums + s
+        counts += c
+    net.train(was_training)
+    assert sums is not None, "empty train loader"
+    return sums, counts
+
+
+def _means(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    valid = counts > 0
+    means = sums / counts.clamp_min(1).unsqueeze(1)
+    return means, valid
+
+
+def head_logits(
+    arrays: SplitArrays,
+    *,
+    metric: str,
+    ema_means: torch.Tensor | None,
+    ema_valid: torch.Tensor | None,
+    full_sums: tuple[torch.Tensor, torch.Tensor] | None,
+) -> dict[str, np.ndarray]:
+    """Logits [N, C] of each available head over cached ``arrays``."""
+    feats = torch.from_numpy(arrays.features)
+    out = {"linear": arrays.logits}
+    if ema_means is not None:
+        out["ncm_ema"] = ncm_logits(feats, ema_means.cpu(), metric=metric, valid=ema_valid.cpu()
+                                    if ema_valid is not None else None).numpy()
+    if full_sums is not None:
+        means, valid = _means(full_sums[0].cpu(), full_sums[1].cpu())
+        out["ncm_full"] = ncm_logits(feats, means, metric=metric, valid=valid).numpy()
+    if arrays.kt_logits is not None:
+        out["kt"] = arrays.kt_logits
+    return out
+
+
+def evaluate_heads(
+    logits: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, *, ece_bins: int
+) -> dict[str, HeadMetrics]:
+    return {
+        head: evaluate_logits(z, labels, groups, ece_bins=ece_bins) for head, z in logits.items()
+    }
+
+
+def flat_metrics(prefix: str, metrics: dict[str, HeadMetrics]) -> dict[str, Any]:
+    """``{"val_linear_overall": 0.61, ...}``; absent groups are left out, never 0."""
+    flat: dict[str, Any] = {}
+    for head, m in metrics.items():
+        for key, value in m.summary().items():
+            if value is not None:
+                flat[f"{prefix}_{head}_{key}"] = float(value)
+    return flat

@@ -1,0 +1,345 @@
+"""The training loop: one function a reader can follow top to bottom.
+
+:func:`run_training` runs on every worker (Ray Train), in a Tune trial, or in-process; the host is
+abstracted by a :class:`~ltray.train.context.LoopContext`. Per step: (mixup) → backbone → heads →
+CE (or balanced softmax) on the linear head + the KT branch loss against the d-scaled NCM teacher →
+SGD step → EMA update of the class-mean memory (all-reduced across workers). The memory is built
+by a full pass at the end of epoch k. Each epoch every head is evaluated on val, a checkpoint is
+written and reported. At the end, rank 0 reloads the best-val checkpoint and writes the feature
+cache, the results and the plots into the run directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from ltray.config import Config, config_hash
+from ltray.data import LTData, make_loader, prepare_data
+from ltray.losses import LOSSES, kt_branch_loss
+from ltray.mixup import MixPlan, apply_mix, dominant_labels, mixed_loss, sample_mixup
+from ltray.models import LTNet, NetOutput, build_network, d_scale
+from ltray.train import rundir
+from ltray.train.context import LoopContext
+from ltray.train.evaluate import evaluate_heads, extract, flat_metrics, full_pass_sums, head_logits
+from ltray.train.schedule import base_lr, lr_factor
+
+__all__ = ["run_training", "TrainForward", "seed_everything", "load_state"]
+
+
+class TrainForward(nn.Module):
+    """The module DDP wraps: backbone → (manifold mix) → heads in one ``forward``, so gradient
+    synchronisation sees the whole graph."""
+
+    def __init__(self, net: LTNet, *, detach_kt: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.detach_kt = detach_kt
+
+    def forward(self, x: torch.Tensor, plan: MixPlan | None = None) -> NetOutput:
+        h = self.net.backbone(x)
+        if plan is not None:
+            h = apply_mix(h, plan)
+        return self.net.heads(h, detach_kt=self.detach_kt)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(cfg: Config, epoch: int, rank: int) -> int:
+    # Re-seeding at every epoch start makes a run resumed at an epoch boundary take exactly the
+    # same random draws (augmentation, mixup) as an uninterrupted one.
+    return (cfg.train.seed * 1_000_003 + epoch * 1009 + rank) % 2**31
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.scaling.use_gpu and torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _shard_loader(data: LTData, cfg: Config, rank: int, world: int) -> DataLoader:
+    """Eval-transform loader over this rank's shard of the train split (for the full pass)."""
+    ds = data.dataset("train", augment=False)
+    idx = list(range(rank, len(ds), world))
+    return DataLoader(Subset(ds, idx), batch_size=cfg.data.eval_batch_size, shuffle=False,
+                      num_workers=cfg.data.loader_workers)
+
+
+def _full_pass(net: LTNet, loader: DataLoader, device: torch.device, num_classes: int,
+               world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    sums, counts = full_pass_sums(net, loader, device, num_classes)
+    if world > 1:
+        dist.all_reduce(sums)
+        dist.all_reduce(counts)
+    return sums, counts
+
+
+def _step_loss(
+    cfg: Config,
+    net: LTNet,
+    fwd: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    class_counts: torch.Tensor,
+    groups: torch.Tensor,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, NetOutput, torch.Tensor, dict[str, float]]:
+    """Loss of one batch; returns (loss, outputs, labels for the memory update, parts)."""
+    plan = None
+    if cfg.mixup.variant != "none":
+        plan = sample_mixup(y, variant=cfg.mixup.variant, alpha=cfg.mixup.alpha,
+                            groups=groups, generator=gen)
+        if cfg.mixup.variant != "manifold":
+            x = apply_mix(x, plan)
+    out: NetOutput = fwd(x, plan if cfg.mixup.variant == "manifold" else None)
+
+    cls_fn = LOSSES.get(cfg.loss.name, key="loss.name")
+
+    def batch_loss(per_sample: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        # Every loss term is mixed the same way: λ·ℓ(y_a) + (1 − λ)·ℓ(y_b) per mixed sample.
+        return per_sample(y).mean() if plan is None else mixed_loss(per_sample, y, plan)
+
+    loss_cls = batch_loss(
+        lambda t: cls_fn(out.logits, t, class_counts=class_counts, reduction="none")
+    )
+    parts = {"loss_cls": float(loss_cls.detach())}
+    loss = loss_cls
+    if out.kt_logits is not None:
+        kt_logits = out.kt_logits
+        memory = net.memory
+        if memory is not None and bool(memory.initialized):
+            # Teacher: NCM logits from the EMA memory, d-scaled onto the linear logits' range.
+            z_d = memory.logits(out.features.detach().float())
+            teacher = d_scale(out.logits.detach().float(), z_d)
+            loss_kt = batch_loss(
+                lambda t: kt_branch_loss(kt_logits, teacher, t, phi=cfg.kt.phi,
+                                         temperature=cfg.kt.temperature, reduction="none")
+            )
+        else:
+            # Before the memory exists the KT head learns by plain CE (METHODS §5).
+            loss_kt = batch_loss(
+                lambda t: nn.functional.cross_entropy(kt_logits, t, reduction="none")
+            )
+        parts["loss_kt"] = float(loss_kt.detach())
+        loss = loss + loss_kt
+    mem_labels = dominant_labels(y, plan) if plan is not None else y
+    return loss, out, mem_labels, parts
+
+
+def run_training(
+    cfg: Config,
+    run_dir: Path,
+    ctx: LoopContext,
+    *,
+    resume_from: Path | None = None,
+    finalize: bool = True,
+) -> dict[str, Any] | None:
+    """Train per ``cfg``, writing checkpoints and metrics into ``run_dir`` (rank 0).
+
+    Resumes from ``ctx.restored_state()`` (a restarted worker group) or ``resume_from`` (a
+    stopped run). Returns the final results on rank 0 (``None`` elsewhere or without
+    ``finalize``).
+    """
+    run_dir = Path(run_dir)
+    world, rank = ctx.world_size, ctx.rank
+    is_main = rank == 0
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = _device(cfg)
+    cuda = device.type == "cuda"
+    seed_everything(cfg.train.seed)
+
+    # -- data and model -----------------------------------------------------------------------
+    data = prepare_data(cfg.data)
+    small = cfg.model.small_input if cfg.model.small_input is not None else data.small_input
+    net = build_network(cfg, num_classes=data.num_classes, in_channels=data.in_channels,
+                        small_input=small).to(device)
+    if cuda and cfg.train.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov)
+    loader = make_loader(data, "train", batch_size=cfg.data.batch_size, augment=True,
+                         sampler=cfg.data.sampler, seed=cfg.train.seed, world_size=world,
+                         rank=rank, num_workers=cfg.data.loader_workers, drop_last=False)
+    val_loader = make_loader(data, "val", batch_size=cfg.data.eval_batch_size, augment=False,
+                             num_workers=cfg.data.loader_workers)
+    shard_loader = _shard_loader(data, cfg, rank, world)
+    class_counts = torch.as_tensor(data.class_counts, dtype=torch.float32, device=device)
+    groups = torch.as_tensor(data.groups, device=device)
+    steps_per_epoch = len(loader)
+    lr0 = base_lr(cfg.train, cfg.data.batch_size * world)
+    amp = cuda and cfg.train.amp
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+
+    # -- resume --------------------------------------------------------------------------------
+    start_epoch, best = 0, {"epoch": -1, "score": -math.inf}
+    state_path = ctx.restored_state() or resume_from
+    if state_path is not None:
+        state = load_state(Path(state_path))
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])
+        if is_main:
+            print(f"[ltray] resuming from {state_path} at epoch {start_epoch + 1}", flush=True)
+
+    fwd: nn.Module = TrainForward(net, detach_kt=cfg.kt.detach_feature)
+    if world > 1:
+        fwd = nn.parallel.DistributedDataParallel(
+            fwd, device_ids=[device.index] if cuda else None, broadcast_buffers=False
+        )
+    memory = net.memory
+    k = cfg.memory.init_epoch
+    if memory is not None and k == 0 and not bool(memory.initialized):
+        memory.set_from_sums(*_full_pass(net, shard_loader, device, data.num_classes, world))
+
+    if is_main:
+        rundir.write_worker_pid(run_dir, rank)
+    history_t0 = time.time()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        seed_everything(_epoch_seed(cfg, epoch, rank))
+        gen = torch.Generator().manual_seed(_epoch_seed(cfg, epoch, rank))
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        net.train()
+        t0, seen, loss_sum, parts_sum = time.time(), 0, 0.0, {}
+        last_print = t0
+        for i, (x, y) in enumerate(loader):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if cuda and cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = lr0 * lr_factor(cfg.train, epoch + i / steps_per_epoch)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                loss, out, mem_labels, parts = _step_loss(
+                    cfg, net, fwd, x, y, class_counts=class_counts, groups=groups, gen=gen
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if memory is not None and bool(memory.initialized):
+                memory.step(out.features.detach().float(), mem_labels, all_reduce=world > 1)
+            seen += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            for key, v in parts.items():
+                parts_sum[key] = parts_sum.get(key, 0.0) + v * len(y)
+            if is_main and time.time() - last_print > 15:
+                last_print = time.time()
+                rate = seen / (last_print - t0)
+                print(f"[ltray] epoch {epoch + 1}/{cfg.train.epochs} step {i + 1}/"
+                      f"{steps_per_epoch} {rate * world:.0f} img/s", flush=True)
+        train_time = time.time() - t0
+        last = epoch + 1 == cfg.train.epochs
+        evaluate = (epoch + 1) % cfg.eval.every == 0 or last
+        init_now = memory is not None and k > 0 and epoch + 1 == k and not bool(memory.initialized)
+        full = None
+        if evaluate or init_now:
+            # One full pass serves both the memory's init (end of epoch k) and NCM-full on val.
+            full = _full_pass(net, shard_loader, device, data.num_classes, world)
+        if init_now:
+            memory.set_from_sums(*full)
+
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": loss_sum / max(seen, 1),
+            **{f"train_{key}": v / max(seen, 1) for key, v in parts_sum.items()},
+            "images_per_s": seen * world / max(train_time, 1e-9),
+            "epoch_time_s": train_time,
+        }
+        if evaluate and is_main:
+            val = extract(net, val_loader, device)
+            heads = evaluate_heads(
+                head_logits(val, metric=cfg.memory.metric, **_memory_args(net), full_sums=full),
+                val.labels, data.groups, ece_bins=cfg.eval.ece_bins)
+            metrics.update(flat_metrics("val", heads))
+            score = metrics.get(f"val_{cfg.eval.select_head}_overall", -math.inf)
+            if score > best["score"]:
+                best = {"epoch": epoch, "score": float(score)}
+                metrics["is_best"] = 1.0
+        metrics["best_epoch"] = best["epoch"] + 1
+        metrics["best_score"] = best["score"] if math.isfinite(best["score"]) else 0.0
+        elapsed = time.time() - history_t0
+        done = epoch + 1 - start_epoch
+        metrics["eta_s"] = elapsed / done * (cfg.train.epochs - epoch - 1)
+
+        ckpt_path = None
+        if is_main:
+            ckpt_path = rundir.save_checkpoint(
+                run_dir, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                          "epoch": epoch, "best": best, "config_hash": config_hash(cfg)},
+                is_best=bool(metrics.get("is_best")))
+            rundir.append_metrics(run_dir, metrics)
+            print(rundir.progress_line(metrics, cfg), flush=True)
+        ctx.report(metrics, ckpt_path)
+
+    if not (finalize and is_main):
+        return None
+    return finalize_run(cfg, run_dir, net, data, device)
+
+
+def _memory_args(net: LTNet) -> dict[str, Any]:
+    mem = net.memory
+    if mem is None or not bool(mem.initialized):
+        return {"ema_means": None, "ema_valid": None}
+    return {"ema_means": mem.means.detach().float(), "ema_valid": mem.valid}
+
+
+def finalize_run(cfg: Config, run_dir: Path, net: LTNet, data: LTData,
+                 device: torch.device) -> dict[str, Any]:
+    """Reload the best-val checkpoint; evaluate every head on val and test; write the cache,
+    ``results.json``, the table and the per-class plot."""
+    best_path = rundir.checkpoint_path(run_dir, "best")
+    if not best_path.is_file():
+        best_path = rundir.checkpoint_path(run_dir, "last")
+    state = load_state(best_path)
+    net.load_state_dict(state["model"])
+    splits = {}
+    for split in ("train", "val", "test"):
+        loader = make_loader(data, split, batch_size=cfg.data.eval_batch_size, augment=False,
+                             num_workers=cfg.data.loader_workers)
+        splits[split] = extract(net, loader, device)
+    train = splits["train"]
+    full = _sums_from_arrays(train.features, train.labels, data.num_classes)
+    results: dict[str, Any] = {"best_epoch": int(state["epoch"]) + 1, "heads": {}}
+    for split in ("val", "test"):
+        arrays = splits[split]
+        heads = evaluate_heads(
+            head_logits(arrays, metric=cfg.memory.metric, **_memory_args(net), full_sums=full),
+            arrays.labels, data.groups, ece_bins=cfg.eval.ece_bins)
+        for head, m in heads.items():
+            results["heads"].setdefault(head, {})[split] = m
+    rundir.write_cache(run_dir, cfg, data, splits, net)
+    return rundir.write_results(run_dir, cfg, data, results)
+
+
+def _sums_from_arrays(features: np.ndarray, labels: np.ndarray,
+                      num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from ltray.models import class_sums, normalize
+
+    return class_sums(normalize(torch.from_numpy(features)), torch.from_numpy(labels), num_classes)
