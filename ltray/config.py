@@ -79,7 +79,7 @@ class DataConfig(_Section):
     many_threshold: int = Field(100, description="many-shot: more than this many train images")
     few_threshold: int = Field(20, description="few-shot: fewer than this many train images")
     sampler: Literal["instance", "class_balanced", "sqrt"] = "instance"
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(32, ge=1, description="per-worker batch (digits default; CIFAR: 128)")
     eval_batch_size: int = Field(512, ge=1)
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     image_size: int | None = Field(None, description="override the family's input size")
@@ -154,7 +154,7 @@ class LossConfig(_Section):
 class TrainConfig(_Section):
     method: str = Field("kt", description="training method: kt | ce | oltr | lfme ...")
     epochs: int = Field(12, ge=1)
-    lr: float = Field(0.1, gt=0)
+    lr: float = Field(0.025, gt=0, description="base lr (digits default; CIFAR bs 128: 0.1)")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     nesterov: bool = False

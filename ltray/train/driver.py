@@ -30,11 +30,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """[3] Runs on every Ray Train worker."""
     import logging
 
+    from ray.train.v2._internal.execution import context as train_context
+
     from ltray.config import Config
     from ltray.train.context import RayTrainContext
     from ltray.train.loop import run_training
-
-    from ray.train.v2._internal.execution import context as train_context
 
     # Ray Train logs every report at INFO, under a logger named by its file path.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
@@ -61,7 +61,9 @@ def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
     """The resolved config of an earlier run, plus overrides (e.g. ``train.epochs=30``)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise RunDirError(f"{path}: no config.yaml; --resume takes a run directory of `ltray train`")
+        raise RunDirError(
+            f"{path}: no config.yaml; --resume takes a run directory of `ltray train`"
+        )
     raw, lines = read_yaml(path)
     return build_config(raw, source=str(path), lines=lines, overrides=overrides)
 
@@ -124,8 +126,10 @@ def train(
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.scaling.num_workers,
                 use_gpu=cfg.scaling.use_gpu,
-                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
-                                      **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+                resources_per_worker={
+                    "CPU": cfg.scaling.cpus_per_worker,
+                    **({"GPU": 1} if cfg.scaling.use_gpu else {}),
+                },
             ),
             run_config=ray.train.RunConfig(
                 # A new name per attempt: a reused name would pick up old Ray checkpoints.

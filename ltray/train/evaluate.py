@@ -80,8 +80,12 @@ def head_logits(
     feats = torch.from_numpy(arrays.features)
     out = {"linear": arrays.logits}
     if ema_means is not None:
-        out["ncm_ema"] = ncm_logits(feats, ema_means.cpu(), metric=metric, valid=ema_valid.cpu()
-                                    if ema_valid is not None else None).numpy()
+        out["ncm_ema"] = ncm_logits(
+            feats,
+            ema_means.cpu(),
+            metric=metric,
+            valid=ema_valid.cpu() if ema_valid is not None else None,
+        ).numpy()
     if full_sums is not None:
         means, valid = _means(full_sums[0].cpu(), full_sums[1].cpu())
         out["ncm_full"] = ncm_logits(feats, means, metric=metric, valid=valid).numpy()

@@ -15,7 +15,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +26,14 @@ from torch.utils.data import DataLoader, Subset
 
 from ltray.config import Config, config_hash
 from ltray.data import LTData, make_loader, prepare_data
-from ltray.losses import LOSSES, kt_branch_loss
-from ltray.mixup import MixPlan, apply_mix, dominant_labels, mixed_loss, sample_mixup
-from ltray.models import LTNet, NetOutput, build_network, d_scale
+from ltray.models import LTNet
 from ltray.train import rundir
 from ltray.train.context import LoopContext
 from ltray.train.evaluate import evaluate_heads, extract, flat_metrics, full_pass_sums, head_logits
+from ltray.train.methods import StepContext, get_method
 from ltray.train.schedule import base_lr, lr_factor
 
-__all__ = ["run_training", "TrainForward", "seed_everything", "load_state"]
-
-
-class TrainForward(nn.Module):
-    """The module DDP wraps: backbone → (manifold mix) → heads in one ``forward``, so gradient
-    synchronisation sees the whole graph."""
-
-    def __init__(self, net: LTNet, *, detach_kt: bool) -> None:
-        super().__init__()
-        self.net = net
-        self.detach_kt = detach_kt
-
-    def forward(self, x: torch.Tensor, plan: MixPlan | None = None) -> NetOutput:
-        h = self.net.backbone(x)
-        if plan is not None:
-            h = apply_mix(h, plan)
-        return self.net.heads(h, detach_kt=self.detach_kt)
+__all__ = ["run_training", "seed_everything", "load_state", "finalize_run"]
 
 
 def seed_everything(seed: int) -> None:
@@ -82,70 +64,22 @@ def _shard_loader(data: LTData, cfg: Config, rank: int, world: int) -> DataLoade
     """Eval-transform loader over this rank's shard of the train split (for the full pass)."""
     ds = data.dataset("train", augment=False)
     idx = list(range(rank, len(ds), world))
-    return DataLoader(Subset(ds, idx), batch_size=cfg.data.eval_batch_size, shuffle=False,
-                      num_workers=cfg.data.loader_workers)
+    return DataLoader(
+        Subset(ds, idx),
+        batch_size=cfg.data.eval_batch_size,
+        shuffle=False,
+        num_workers=cfg.data.loader_workers,
+    )
 
 
-def _full_pass(net: LTNet, loader: DataLoader, device: torch.device, num_classes: int,
-               world: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _full_pass(
+    net: LTNet, loader: DataLoader, device: torch.device, num_classes: int, world: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     sums, counts = full_pass_sums(net, loader, device, num_classes)
     if world > 1:
         dist.all_reduce(sums)
         dist.all_reduce(counts)
     return sums, counts
-
-
-def _step_loss(
-    cfg: Config,
-    net: LTNet,
-    fwd: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    class_counts: torch.Tensor,
-    groups: torch.Tensor,
-    gen: torch.Generator,
-) -> tuple[torch.Tensor, NetOutput, torch.Tensor, dict[str, float]]:
-    """Loss of one batch; returns (loss, outputs, labels for the memory update, parts)."""
-    plan = None
-    if cfg.mixup.variant != "none":
-        plan = sample_mixup(y, variant=cfg.mixup.variant, alpha=cfg.mixup.alpha,
-                            groups=groups, generator=gen)
-        if cfg.mixup.variant != "manifold":
-            x = apply_mix(x, plan)
-    out: NetOutput = fwd(x, plan if cfg.mixup.variant == "manifold" else None)
-
-    cls_fn = LOSSES.get(cfg.loss.name, key="loss.name")
-
-    def batch_loss(per_sample: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        # Every loss term is mixed the same way: λ·ℓ(y_a) + (1 − λ)·ℓ(y_b) per mixed sample.
-        return per_sample(y).mean() if plan is None else mixed_loss(per_sample, y, plan)
-
-    loss_cls = batch_loss(
-        lambda t: cls_fn(out.logits, t, class_counts=class_counts, reduction="none")
-    )
-    parts = {"loss_cls": float(loss_cls.detach())}
-    loss = loss_cls
-    if out.kt_logits is not None:
-        kt_logits = out.kt_logits
-        memory = net.memory
-        if memory is not None and bool(memory.initialized):
-            # Teacher: NCM logits from the EMA memory, d-scaled onto the linear logits' range.
-            z_d = memory.logits(out.features.detach().float())
-            teacher = d_scale(out.logits.detach().float(), z_d)
-            loss_kt = batch_loss(
-                lambda t: kt_branch_loss(kt_logits, teacher, t, phi=cfg.kt.phi,
-                                         temperature=cfg.kt.temperature, reduction="none")
-            )
-        else:
-            # Before the memory exists the KT head learns by plain CE (METHODS §5).
-            loss_kt = batch_loss(
-                lambda t: nn.functional.cross_entropy(kt_logits, t, reduction="none")
-            )
-        parts["loss_kt"] = float(loss_kt.detach())
-        loss = loss + loss_kt
-    mem_labels = dominant_labels(y, plan) if plan is not None else y
-    return loss, out, mem_labels, parts
 
 
 def run_training(
@@ -173,18 +107,43 @@ def run_training(
 
     # -- data and model -----------------------------------------------------------------------
     data = prepare_data(cfg.data)
+    method = get_method(cfg)
     small = cfg.model.small_input if cfg.model.small_input is not None else data.small_input
-    net = build_network(cfg, num_classes=data.num_classes, in_channels=data.in_channels,
-                        small_input=small).to(device)
+    net = method.build(
+        cfg,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        small_input=small,
+        data=data,
+    ).to(device)
     if cuda and cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
-                                weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov)
-    loader = make_loader(data, "train", batch_size=cfg.data.batch_size, augment=True,
-                         sampler=cfg.data.sampler, seed=cfg.train.seed, world_size=world,
-                         rank=rank, num_workers=cfg.data.loader_workers, drop_last=False)
-    val_loader = make_loader(data, "val", batch_size=cfg.data.eval_batch_size, augment=False,
-                             num_workers=cfg.data.loader_workers)
+    optimizer = torch.optim.SGD(
+        [p for p in net.parameters() if p.requires_grad],
+        lr=cfg.train.lr,
+        momentum=cfg.train.momentum,
+        weight_decay=cfg.train.weight_decay,
+        nesterov=cfg.train.nesterov,
+    )
+    loader = make_loader(
+        data,
+        "train",
+        batch_size=cfg.data.batch_size,
+        augment=True,
+        sampler=method.sampler(cfg),
+        seed=cfg.train.seed,
+        world_size=world,
+        rank=rank,
+        num_workers=cfg.data.loader_workers,
+        drop_last=False,
+    )
+    val_loader = make_loader(
+        data,
+        "val",
+        batch_size=cfg.data.eval_batch_size,
+        augment=False,
+        num_workers=cfg.data.loader_workers,
+    )
     shard_loader = _shard_loader(data, cfg, rank, world)
     class_counts = torch.as_tensor(data.class_counts, dtype=torch.float32, device=device)
     groups = torch.as_tensor(data.groups, device=device)
@@ -205,7 +164,7 @@ def run_training(
         if is_main:
             print(f"[ltray] resuming from {state_path} at epoch {start_epoch + 1}", flush=True)
 
-    fwd: nn.Module = TrainForward(net, detach_kt=cfg.kt.detach_feature)
+    fwd = method.wrap(net, cfg)
     if world > 1:
         fwd = nn.parallel.DistributedDataParallel(
             fwd, device_ids=[device.index] if cuda else None, broadcast_buffers=False
@@ -235,24 +194,30 @@ def run_training(
             for g in optimizer.param_groups:
                 g["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss, out, mem_labels, parts = _step_loss(
-                    cfg, net, fwd, x, y, class_counts=class_counts, groups=groups, gen=gen
+                res = method.loss(
+                    net, fwd, x, y, StepContext(cfg, class_counts, groups, epoch, gen)
                 )
+            loss = res.loss
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            if memory is not None and bool(memory.initialized):
-                memory.step(out.features.detach().float(), mem_labels, all_reduce=world > 1)
+            if memory is not None and memory.is_initialized:
+                memory.step(
+                    res.out.features.detach().float(), res.memory_labels, all_reduce=world > 1
+                )
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
-            for key, v in parts.items():
+            for key, v in res.parts.items():
                 parts_sum[key] = parts_sum.get(key, 0.0) + v * len(y)
             if is_main and time.time() - last_print > 15:
                 last_print = time.time()
                 rate = seen / (last_print - t0)
-                print(f"[ltray] epoch {epoch + 1}/{cfg.train.epochs} step {i + 1}/"
-                      f"{steps_per_epoch} {rate * world:.0f} img/s", flush=True)
+                print(
+                    f"[ltray] epoch {epoch + 1}/{cfg.train.epochs} step {i + 1}/"
+                    f"{steps_per_epoch} {rate * world:.0f} img/s",
+                    flush=True,
+                )
         train_time = time.time() - t0
         last = epoch + 1 == cfg.train.epochs
         evaluate = (epoch + 1) % cfg.eval.every == 0 or last
@@ -276,7 +241,10 @@ def run_training(
             val = extract(net, val_loader, device)
             heads = evaluate_heads(
                 head_logits(val, metric=cfg.memory.metric, **_memory_args(net), full_sums=full),
-                val.labels, data.groups, ece_bins=cfg.eval.ece_bins)
+                val.labels,
+                data.groups,
+                ece_bins=cfg.eval.ece_bins,
+            )
             metrics.update(flat_metrics("val", heads))
             score = metrics.get(f"val_{cfg.eval.select_head}_overall", -math.inf)
             if score > best["score"]:
@@ -291,9 +259,16 @@ def run_training(
         ckpt_path = None
         if is_main:
             ckpt_path = rundir.save_checkpoint(
-                run_dir, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                          "epoch": epoch, "best": best, "config_hash": config_hash(cfg)},
-                is_best=bool(metrics.get("is_best")))
+                run_dir,
+                {
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "best": best,
+                    "config_hash": config_hash(cfg),
+                },
+                is_best=bool(metrics.get("is_best")),
+            )
             rundir.append_metrics(run_dir, metrics)
             print(rundir.progress_line(metrics, cfg), flush=True)
         ctx.report(metrics, ckpt_path)
@@ -310,8 +285,9 @@ def _memory_args(net: LTNet) -> dict[str, Any]:
     return {"ema_means": mem.means.detach().float(), "ema_valid": mem.valid}
 
 
-def finalize_run(cfg: Config, run_dir: Path, net: LTNet, data: LTData,
-                 device: torch.device) -> dict[str, Any]:
+def finalize_run(
+    cfg: Config, run_dir: Path, net: LTNet, data: LTData, device: torch.device
+) -> dict[str, Any]:
     """Reload the best-val checkpoint; evaluate every head on val and test; write the cache,
     ``results.json``, the table and the per-class plot."""
     best_path = rundir.checkpoint_path(run_dir, "best")
@@ -321,8 +297,13 @@ def finalize_run(cfg: Config, run_dir: Path, net: LTNet, data: LTData,
     net.load_state_dict(state["model"])
     splits = {}
     for split in ("train", "val", "test"):
-        loader = make_loader(data, split, batch_size=cfg.data.eval_batch_size, augment=False,
-                             num_workers=cfg.data.loader_workers)
+        loader = make_loader(
+            data,
+            split,
+            batch_size=cfg.data.eval_batch_size,
+            augment=False,
+            num_workers=cfg.data.loader_workers,
+        )
         splits[split] = extract(net, loader, device)
     train = splits["train"]
     full = _sums_from_arrays(train.features, train.labels, data.num_classes)
@@ -331,15 +312,19 @@ def finalize_run(cfg: Config, run_dir: Path, net: LTNet, data: LTData,
         arrays = splits[split]
         heads = evaluate_heads(
             head_logits(arrays, metric=cfg.memory.metric, **_memory_args(net), full_sums=full),
-            arrays.labels, data.groups, ece_bins=cfg.eval.ece_bins)
+            arrays.labels,
+            data.groups,
+            ece_bins=cfg.eval.ece_bins,
+        )
         for head, m in heads.items():
             results["heads"].setdefault(head, {})[split] = m
     rundir.write_cache(run_dir, cfg, data, splits, net)
     return rundir.write_results(run_dir, cfg, data, results)
 
 
-def _sums_from_arrays(features: np.ndarray, labels: np.ndarray,
-                      num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _sums_from_arrays(
+    features: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     from ltray.models import class_sums, normalize
 
     return class_sums(normalize(torch.from_numpy(features)), torch.from_numpy(labels), num_classes)

@@ -145,9 +145,7 @@ def write_cache(
     return cache_dir
 
 
-def write_results(
-    run_dir: Path, cfg: Config, data: Any, results: dict[str, Any]
-) -> dict[str, Any]:
+def write_results(run_dir: Path, cfg: Config, data: Any, results: dict[str, Any]) -> dict[str, Any]:
     """Serialise per-head metrics to ``results.json`` and draw ``per_class.png``."""
     run_dir = Path(run_dir)
     heads: dict[str, dict[str, HeadMetrics]] = results["heads"]
@@ -194,9 +192,16 @@ def results_table(results: dict[str, Any]) -> Any:
         table.add_column(col, justify="left" if col == "head" else "right")
     for head, per_split in results["heads"].items():
         t, v = per_split["test"], per_split["val"]
-        table.add_row(HEAD_LABELS.get(head, head), _pct(t["many"]), _pct(t["medium"]),
-                      _pct(t["few"]), _pct(t["overall"]), _pct(t["top5"]),
-                      _pct(t["ece"]), _pct(v["overall"]))
+        table.add_row(
+            HEAD_LABELS.get(head, head),
+            _pct(t["many"]),
+            _pct(t["medium"]),
+            _pct(t["few"]),
+            _pct(t["overall"]),
+            _pct(t["top5"]),
+            _pct(t["ece"]),
+            _pct(v["overall"]),
+        )
     if results.get("val_protocol") == "test":
         table.caption = "val protocol 'test': val IS the test set (papers' protocol)"
     return table

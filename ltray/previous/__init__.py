@@ -1,0 +1,1 @@
+"""Previous works of the poster's table, as ltray training methods (``train.method``)."""

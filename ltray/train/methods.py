@@ -1,0 +1,175 @@
+"""Training methods: what one optimiser step computes, registered by ``train.method``.
+
+The loop (:mod:`ltray.train.loop`) owns data, optimiser, schedule, memory updates, evaluation,
+checkpoints and reporting; a :class:`TrainMethod` owns the network it trains and the loss of one
+batch. Built in:
+
+- ``kt`` (default): CE (or balanced softmax) on the linear head + the KT branch distilled from
+  the d-scaled NCM teacher (METHODS §5), every term mixed when mixup is on (§6).
+- ``ce``: the same network without the KT head: the plain baseline (the memory is still kept,
+  so both NCM heads are evaluated).
+
+Previous works (OLTR, LFME) register here from their own modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ltray.config import Config
+from ltray.losses import LOSSES, kt_branch_loss
+from ltray.mixup import MixPlan, apply_mix, dominant_labels, mixed_loss, sample_mixup
+from ltray.models import LTNet, NetOutput, build_network, d_scale
+from ltray.registry import Registry
+
+__all__ = [
+    "StepContext",
+    "StepResult",
+    "TrainMethod",
+    "TRAIN_METHODS",
+    "get_method",
+    "TrainForward",
+    "StandardMethod",
+]
+
+
+@dataclass
+class StepContext:
+    """What a loss may use besides the batch: config, train class counts [C] (float), shot
+    groups [C], the epoch and a seeded generator for mixup."""
+
+    cfg: Config
+    class_counts: torch.Tensor
+    groups: torch.Tensor
+    epoch: int
+    generator: torch.Generator
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    out: NetOutput
+    memory_labels: torch.Tensor  # labels for the memory's EMA update ([B])
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+class TrainMethod(Protocol):
+    """A training method. ``build`` returns an :class:`LTNet` (or a subclass with the same
+    attributes: ``backbone``, ``linear``, ``kt_head``, ``memory``; ``forward`` → NetOutput)."""
+
+    def build(
+        self, cfg: Config, *, num_classes: int, in_channels: int, small_input: bool, data: Any
+    ) -> LTNet: ...
+
+    def wrap(self, net: LTNet, cfg: Config) -> nn.Module:
+        """The module DDP wraps: its ``forward(x, plan)`` must cover every trained parameter."""
+
+    def loss(
+        self, net: LTNet, fwd: nn.Module, x: torch.Tensor, y: torch.Tensor, sc: StepContext
+    ) -> StepResult: ...
+
+    def sampler(self, cfg: Config) -> str:
+        """The train sampler (``data.sampler`` unless the method prescribes one)."""
+
+
+TRAIN_METHODS: Registry[Callable[[], TrainMethod]] = Registry("training method")
+
+
+def get_method(cfg: Config) -> TrainMethod:
+    import ltray.previous  # noqa: F401 - registers the previous works (OLTR, LFME)
+
+    return TRAIN_METHODS.get(cfg.train.method, key="train.method")()
+
+
+class TrainForward(nn.Module):
+    """backbone → (manifold mix) → heads in one ``forward``, so DDP sees the whole graph."""
+
+    def __init__(self, net: LTNet, *, detach_kt: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.detach_kt = detach_kt
+
+    def forward(self, x: torch.Tensor, plan: MixPlan | None = None) -> NetOutput:
+        h = self.net.backbone(x)
+        if plan is not None:
+            h = apply_mix(h, plan)
+        return self.net.heads(h, detach_kt=self.detach_kt)
+
+
+class StandardMethod:
+    """``kt`` and ``ce``: linear head by CE/balanced softmax, optional KT branch, mixup."""
+
+    def __init__(self, *, kt: bool) -> None:
+        self.kt = kt
+
+    def build(
+        self, cfg: Config, *, num_classes: int, in_channels: int, small_input: bool, data: Any
+    ) -> LTNet:
+        if not self.kt and cfg.kt.enabled:
+            cfg = cfg.model_copy(update={"kt": cfg.kt.model_copy(update={"enabled": False})})
+        return build_network(
+            cfg, num_classes=num_classes, in_channels=in_channels, small_input=small_input
+        )
+
+    def wrap(self, net: LTNet, cfg: Config) -> nn.Module:
+        return TrainForward(net, detach_kt=cfg.kt.detach_feature)
+
+    def sampler(self, cfg: Config) -> str:
+        return cfg.data.sampler
+
+    def loss(
+        self, net: LTNet, fwd: nn.Module, x: torch.Tensor, y: torch.Tensor, sc: StepContext
+    ) -> StepResult:
+        cfg = sc.cfg
+        plan = None
+        if cfg.mixup.variant != "none":
+            plan = sample_mixup(
+                y,
+                variant=cfg.mixup.variant,
+                alpha=cfg.mixup.alpha,
+                groups=sc.groups,
+                generator=sc.generator,
+            )
+            if cfg.mixup.variant != "manifold":
+                x = apply_mix(x, plan)
+        out: NetOutput = fwd(x, plan if cfg.mixup.variant == "manifold" else None)
+        cls_fn = LOSSES.get(cfg.loss.name, key="loss.name")
+
+        def batch_loss(per_sample: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            # Every loss term is mixed the same way: λ·ℓ(y_a) + (1 − λ)·ℓ(y_b) per mixed sample.
+            return per_sample(y).mean() if plan is None else mixed_loss(per_sample, y, plan)
+
+        loss = batch_loss(
+            lambda t: cls_fn(out.logits, t, class_counts=sc.class_counts, reduction="none")
+        )
+        parts = {"loss_cls": float(loss.detach())}
+        if out.kt_logits is not None:
+            kt_logits, memory = out.kt_logits, net.memory
+            teacher = None  # before the memory exists the KT head learns by plain CE (§5)
+            if memory is not None and memory.is_initialized:
+                # Teacher: NCM logits from the EMA memory, d-scaled onto the linear range.
+                z_d = memory.logits(out.features.detach().float())
+                teacher = d_scale(out.logits.detach().float(), z_d)
+            loss_kt = batch_loss(
+                lambda t: kt_branch_loss(
+                    kt_logits,
+                    teacher,
+                    t,
+                    phi=cfg.kt.phi,
+                    temperature=cfg.kt.temperature,
+                    reduction="none",
+                )
+            )
+            parts["loss_kt"] = float(loss_kt.detach())
+            loss = loss + loss_kt
+        labels = dominant_labels(y, plan) if plan is not None else y
+        return StepResult(loss, out, labels, parts)
+
+
+TRAIN_METHODS.register("kt")(lambda: StandardMethod(kt=True))
+TRAIN_METHODS.register("ce")(lambda: StandardMethod(kt=False))
