@@ -1,0 +1,265 @@
+"""``prepare_data(cfg.data) -> LTData``: source → held-out splits → long-tailed train split →
+val protocol → shot groups, validated up front and cheap to call again (decoded images come
+from the disk cache).
+
+Order of operations (METHODS §1):
+1. the source reads the dataset (``SOURCES[data.name]``);
+2. a single-pool source (digits) holds out a balanced test and val split per class first;
+3. unless the source is already long-tailed (list files), the train pool is cut to the profile
+   with n_max = the smallest per-class count of the pool;
+4. val: the source's val split, else ``val_per_class`` images per class carved out of the
+   test split (``val_protocol=carve``), or val = the whole test split (``val_protocol=test``,
+   the papers' protocol, flagged in ``split_info``);
+5. the split is written as list files under the cache (a reusable artifact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ltray.config import DataConfig
+from ltray.data.datasets import FileImageDataset, TensorImageDataset
+from ltray.data.listfiles import write_list_file
+from ltray.data.longtail import (
+    carve_per_class,
+    check_no_empty_class,
+    group_sizes,
+    profile_counts,
+    select_long_tail,
+)
+from ltray.data.pools import Pool, SourceData, cache_key
+from ltray.data.sources import SOURCES
+from ltray.data.transforms import FamilySpec, family_spec, imagenet_transform
+from ltray.errors import ConfigError, DataError
+from ltray.metrics import shot_groups
+from ltray.paths import data_cache_dir
+
+__all__ = ["LTData", "prepare_data", "SPLITS", "VAL_IS_TEST_NOTE"]
+
+SPLITS = ("train", "val", "test")
+VAL_IS_TEST_NOTE = (
+    "WARNING: val_protocol=test: the val split IS the test split (the papers' CIFAR-LT "
+    "protocol); every choice made on val is made on test, so test numbers are optimistic"
+)
+
+
+@dataclass
+class LTData:
+    """A prepared long-tailed dataset: its metadata and a Dataset per split."""
+
+    num_classes: int
+    class_counts: np.ndarray  # [C] int64 train counts after the selection
+    groups: np.ndarray  # [C] 0 many / 1 medium / 2 few
+    class_names: list[str]
+    in_channels: int
+    image_size: int
+    small_input: bool
+    family: str
+    split_info: dict[str, Any]
+    spec: FamilySpec
+    pools: dict[str, Pool] = field(repr=False)
+
+    def _pool(self, split: str) -> Pool:
+        if split not in self.pools:
+            raise ConfigError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+        return self.pools[split]
+
+    def labels(self, split: str) -> np.ndarray:
+        """[N] int64 labels of ``split`` ("train" | "val" | "test")."""
+        return self._pool(split).labels
+
+    def ids(self, split: str) -> list[str]:
+        """[N] list-file entries (relative paths or stable ids) of ``split``."""
+        return self._pool(split).ids
+
+    def dataset(self, split: str, *, augment: bool) -> Dataset:
+        """Items ``(x float32 [C, S, S] normalised, y int)`` of ``split``, S = image_size."""
+        pool = self._pool(split)
+        if pool.images is not None:
+            return TensorImageDataset(
+                images=pool.images,
+                labels=pool.labels,
+                spec=self.spec,
+                augment=augment,
+                out_size=self.image_size,
+            )
+        assert pool.root is not None
+        return FileImageDataset(
+            root=pool.root,
+            paths=pool.ids,
+            labels=pool.labels,
+            transform=imagenet_transform(train=augment, size=self.image_size, spec=self.spec),
+            list_file=pool.list_file,
+        )
+
+
+def _holdout(src: SourceData, cfg: DataConfig, num_classes: int) -> tuple[Pool, Pool, Pool]:
+    """Balanced test then val hold-outs out of a single pool (digits): (train, val, test)."""
+    counts = np.bincount(src.train.labels, minlength=num_classes)
+    k = int(min(cfg.val_per_class, counts.min() // 4))  # the rest keeps >= half of each class
+    if k < 1:
+        c = int(counts.argmin())
+        raise DataError(
+            f"class {c} ({src.class_names[c]}) has {int(counts[c])} images, too few to hold out "
+            "a val and a test image and keep training images; use a larger dataset"
+        )
+    test_idx, rest = carve_per_class(
+        src.train.labels, k, seed=cfg.seed, num_classes=num_classes, stream=1
+    )
+    rest_pool = src.train.subset(rest)
+    val_idx, train_idx = carve_per_class(
+        rest_pool.labels, k, seed=cfg.seed, num_classes=num_classes, stream=2
+    )
+    return rest_pool.subset(train_idx), rest_pool.subset(val_idx), src.train.subset(test_idx)
+
+
+def _write_splits(pools: dict[str, Pool], *, name: str) -> dict[str, str]:
+    """Write the split as list files under the cache; same split → same folder, kept."""
+    key = cache_key(
+        name,
+        *(
+            f"{s}:{i} {y}"
+            for s in SPLITS
+            for i, y in zip(pools[s].ids, pools[s].labels.tolist(), strict=True)
+        ),
+    )
+    folder = data_cache_dir() / "splits" / f"{name}-{key}"
+    out = {}
+    for split in SPLITS:
+        path = folder / f"{split}.txt"
+        if not path.is_file():
+            try:
+                write_list_file(path, pools[split].ids, pools[split].labels, overwrite=True)
+            except OSError:
+                continue  # a read-only cache only loses the artifact
+        out[split] = str(path)
+    return out
+
+
+def prepare_data(
+    cfg: DataConfig, *, check_images: bool = True, write_splits: bool = True
+) -> LTData:
+    """Build the long-tailed dataset described by ``cfg`` (see the module docstring).
+
+    Raises :class:`DataError` / :class:`ConfigError` with one message naming the key or
+    ``file:line`` and the fix, before any expensive work where possible. ``check_images=False``
+    skips the existence check of list-file images (counts and groups of ImageNet-LT/Places-LT
+    lists without their images).
+    """
+    source_fn = SOURCES.get(cfg.name, key="data.name")
+    src = source_fn(cfg, check_images=check_images)
+    num_classes = len(src.class_names)
+    if src.test is None:
+        train, val, test = _holdout(src, cfg, num_classes)
+        holdout = (
+            f"val and test: {int(np.bincount(val.labels).min())} per class held out of one pool"
+        )
+    else:
+        train, val, test = src.train, src.val, src.test
+        holdout = None
+
+    info: dict[str, Any] = {
+        "source": src.name,
+        "origin": src.origin,
+        "root": src.root,
+        "seed": cfg.seed,
+        "num_classes": num_classes,
+    }
+    if src.long_tailed:
+        info.update(profile="given by the list file", rho_requested=None, n_max=None)
+        where = f"{cfg.train_list}"
+        fix = f"check the labels of {where} or set data.num_classes to the real class count"
+    else:
+        pool_counts = np.bincount(train.labels, minlength=num_classes)
+        check_no_empty_class(
+            pool_counts,
+            class_names=src.class_names,
+            what=f"the {src.name} train pool",
+            fix="add images to that class folder or check data.root",
+        )
+        n_max = int(pool_counts.min())
+        target = profile_counts(
+            n_max=n_max, num_classes=num_classes, rho=cfg.imbalance_ratio, profile=cfg.profile
+        )
+        check_no_empty_class(
+            target,
+            class_names=src.class_names,
+            what=f"the {cfg.profile} profile (n_max={n_max}, rho={cfg.imbalance_ratio:g})",
+            fix=f"lower data.imbalance_ratio (at most {n_max}) or use another data.profile",
+        )
+        train = train.subset(
+            select_long_tail(train.labels, target, seed=cfg.seed, class_names=src.class_names)
+        )
+        info.update(profile=cfg.profile, rho_requested=cfg.imbalance_ratio, n_max=n_max)
+        fix = "lower data.imbalance_ratio or use another data.profile"
+    counts = np.bincount(train.labels, minlength=num_classes).astype(np.int64)
+    check_no_empty_class(counts, class_names=src.class_names, what="the train split", fix=fix)
+
+    if cfg.val_protocol == "test":
+        val = test
+        val_note = VAL_IS_TEST_NOTE
+    elif val is not None:
+        val_note = f"val: {holdout}" if holdout else "val: the dataset's own val split"
+    else:
+        val_idx, test_idx = carve_per_class(
+            test.labels, cfg.val_per_class, seed=cfg.seed, num_classes=num_classes
+        )
+        val, test = test.subset(val_idx), test.subset(test_idx)
+        val_note = (
+            f"val: {cfg.val_per_class} images per class carved out of test (seeded); "
+            "test = the rest"
+        )
+    pools = {"train": train, "val": val, "test": test}
+
+    spec = family_spec(
+        src.family,
+        native_size=src.native_size,
+        in_channels=src.in_channels,
+        mean=src.mean,
+        std=src.std,
+    )
+    image_size = cfg.image_size or spec.image_size
+    groups = shot_groups(counts, cfg.many_threshold, cfg.few_threshold)
+    info.update(
+        rho=float(counts.max() / counts.min()),
+        val_protocol=cfg.val_protocol,
+        val_per_class=cfg.val_per_class,
+        val_is_test=cfg.val_protocol == "test",
+        val_note=val_note,
+        holdout=holdout,
+        sizes={s: len(p) for s, p in pools.items()},
+        train_counts=counts.tolist(),
+        thresholds={"many": cfg.many_threshold, "few": cfg.few_threshold},
+        group_sizes=group_sizes(groups),
+        family=src.family,
+        image_size=image_size,
+        lists_given={
+            k: v
+            for k, v in (("train", cfg.train_list), ("val", cfg.val_list), ("test", cfg.test_list))
+            if v
+        },
+        notes=list(src.notes),
+    )
+    if cfg.val_protocol == "test":
+        info["notes"].append(VAL_IS_TEST_NOTE)
+    info["list_files"] = _write_splits(pools, name=src.name) if write_splits else {}
+    for pool in pools.values():  # one contiguous uint8 block per split (not a memory map)
+        if pool.images is not None and not pool.images.flags.writeable:
+            pool.images = np.array(pool.images)
+    return LTData(
+        num_classes=num_classes,
+        class_counts=counts,
+        groups=groups,
+        class_names=list(src.class_names),
+        in_channels=src.in_channels,
+        image_size=image_size,
+        small_input=src.family != "imagenet",
+        family=src.family,
+        split_info=info,
+        spec=spec,
+        pools=pools,
+    )

@@ -1,0 +1,167 @@
+"""Per-family image transforms.
+
+- ``gray_small`` (digits 8×8, MNIST 28×28): small random shift (zero pad + random crop), no flip
+  (a flipped digit is another digit or none).
+- ``cifar`` (32×32): RandomCrop(32, padding=4) + horizontal flip.
+- ``imagenet``: RandomResizedCrop(224) + flip + ColorJitter(0.4, 0.4, 0.4, 0); eval
+  Resize(256) + CenterCrop(224).
+
+In-memory families are augmented a whole batch at a time with array ops
+(:func:`augment_batch`), which keeps a CIFAR loader far ahead of a CPU training step with
+``num_workers=0``. The imagenet family uses torchvision's PIL transforms per item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = [
+    "FAMILIES",
+    "FamilySpec",
+    "family_spec",
+    "augment_batch",
+    "normalize_batch",
+    "imagenet_transform",
+]
+
+FAMILIES = ("gray_small", "cifar", "imagenet")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Constants of one input family.
+
+    ``pad``: zero padding of the random-shift crop (in-memory families); ``flip``: random
+    horizontal flip; ``mean``/``std``: per-channel normalisation of [0, 1] images.
+    """
+
+    name: str
+    image_size: int
+    in_channels: int
+    small_input: bool
+    pad: int
+    flip: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+_CIFAR_STD = (0.2470, 0.2435, 0.2616)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def family_spec(
+    family: str,
+    *,
+    native_size: int,
+    in_channels: int,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> FamilySpec:
+    """The spec of ``family`` for images of ``native_size`` pixels and ``in_channels``."""
+    if family == "gray_small":
+        pad = 1 if native_size <= 16 else 2  # 8×8 digits: 1 px; 28×28 MNIST: 2 px
+        return FamilySpec(
+            family,
+            native_size,
+            in_channels,
+            True,
+            pad,
+            False,
+            mean or (0.1307,) * in_channels,
+            std or (0.3081,) * in_channels,
+        )
+    if family == "cifar":
+        return FamilySpec(
+            family,
+            native_size,
+            in_channels,
+            True,
+            4,
+            True,
+            mean or _CIFAR_MEAN[:in_channels],
+            std or _CIFAR_STD[:in_channels],
+        )
+    if family == "imagenet":
+        return FamilySpec(
+            family,
+            224,
+            in_channels,
+            False,
+            0,
+            True,
+            mean or _IMAGENET_MEAN,
+            std or _IMAGENET_STD,
+        )
+    raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+
+
+def normalize_batch(
+    x: np.ndarray, spec: FamilySpec, *, out_size: int | None = None
+) -> torch.Tensor:
+    """uint8 [B, C, H, W] → float32 [B, C, S, S] normalised ((x/255 − mean)/std); resized
+    (bilinear) when ``out_size`` differs from H."""
+    scale = (1.0 / (255.0 * np.asarray(spec.std, dtype=np.float32)))[None, :, None, None]
+    shift = (np.asarray(spec.mean, dtype=np.float32) / np.asarray(spec.std, dtype=np.float32))[
+        None, :, None, None
+    ]
+    y = x.astype(np.float32)
+    y *= scale
+    y -= shift
+    t = torch.from_numpy(y)
+    if out_size is not None and out_size != t.shape[-1]:
+        t = F.interpolate(t, size=(out_size, out_size), mode="bilinear", align_corners=False)
+    return t
+
+
+def augment_batch(x: np.ndarray, spec: FamilySpec, *, rng: np.random.Generator) -> np.ndarray:
+    """Random shift (zero pad ``spec.pad`` + random crop back to H×W) and, if ``spec.flip``,
+    a random horizontal flip, independently per image.
+
+    x: uint8 [B, C, H, W] → uint8 [B, C, H, W] (a new array). Numpy, one gather per batch:
+    torch's per-op overhead dominates at these sizes, numpy's does not.
+    """
+    b, _, h, w = x.shape
+    p = spec.pad
+    if p > 0:
+        padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        oy = rng.integers(0, 2 * p + 1, b)
+        ox = rng.integers(0, 2 * p + 1, b)
+        windows = sliding_window_view(padded, (h, w), axis=(2, 3))  # [B, C, 2p+1, 2p+1, H, W]
+        out = windows[np.arange(b), :, oy, ox]  # [B, C, H, W], a copy
+    else:
+        out = x.copy()
+    if spec.flip:
+        flip = rng.random(b) < 0.5
+        out[flip] = out[flip][..., ::-1]
+    return out
+
+
+def imagenet_transform(
+    *, train: bool, size: int = 224, spec: FamilySpec | None = None
+) -> Callable[[object], torch.Tensor]:
+    """torchvision transform: PIL image → float32 [3, size, size] normalised.
+
+    train: RandomResizedCrop(size) + flip + ColorJitter(0.4, 0.4, 0.4, 0);
+    eval: Resize(size·256/224) + CenterCrop(size).
+    """
+    from torchvision import transforms as T
+
+    mean = spec.mean if spec else _IMAGENET_MEAN
+    std = spec.std if spec else _IMAGENET_STD
+    if train:
+        ops = [
+            T.RandomResizedCrop(size),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(0.4, 0.4, 0.4, 0.0),
+        ]
+    else:
+        ops = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])

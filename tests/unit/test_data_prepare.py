@@ -1,0 +1,233 @@
+"""prepare_data / make_loader on offline data: digits-lt and small synthetic trees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ltray.config import DataConfig, load_config
+from ltray.data import LTData, make_loader, prepare_data
+from ltray.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def digits() -> LTData:
+    return prepare_data(DataConfig())
+
+
+def test_digits_default_split(digits: LTData) -> None:
+    # 20 test + 20 val held out per class; n_max = min remaining (174 - 40 = 134); rho = 10
+    assert digits.class_counts.tolist() == [134, 103, 80, 62, 48, 37, 28, 22, 17, 13]
+    assert digits.class_counts.dtype == np.int64
+    assert digits.groups.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 2, 2]  # every group present
+    assert (digits.num_classes, digits.in_channels, digits.image_size) == (10, 1, 8)
+    assert digits.small_input and digits.family == "gray_small"
+    assert np.bincount(digits.labels("val")).tolist() == [20] * 10
+    assert np.bincount(digits.labels("test")).tolist() == [20] * 10
+    ids = [set(digits.ids(s)) for s in ("train", "val", "test")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    json.dumps(digits.split_info)
+    assert digits.split_info["val_is_test"] is False
+
+
+def test_digits_split_files_written(digits: LTData) -> None:
+    files = digits.split_info["list_files"]
+    lines = Path(files["train"]).read_text().splitlines()
+    assert len(lines) == 544 and lines[0].split()[0].startswith("digits/")
+
+
+def test_dataset_items(digits: LTData) -> None:
+    ds = digits.dataset("train", augment=True)
+    x, y = ds[0]
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and isinstance(y, int)
+    ev = digits.dataset("test", augment=False)
+    a, b = ev[3][0], ev[3][0]
+    assert torch.equal(a, b)
+
+
+def test_eval_loader_is_in_order_and_complete(digits: LTData) -> None:
+    loader = make_loader(digits, "test", batch_size=64, augment=False)
+    ys = torch.cat([y for _, y in loader]).numpy()
+    assert np.array_equal(ys, digits.labels("test"))
+    x, _ = next(iter(loader))
+    assert x.shape == (64, 1, 8, 8)
+
+
+def test_train_loader_epochs_and_ranks(digits: LTData) -> None:
+    loader = make_loader(digits, "train", batch_size=32, augment=True, sampler="class_balanced")
+    loader.sampler.set_epoch(1)
+    a = list(loader.sampler)
+    loader.sampler.set_epoch(1)
+    assert list(loader.sampler) == a
+    n = sum(len(y) for _, y in loader)
+    assert n == len(digits.labels("train"))
+    shards = [
+        list(
+            make_loader(digits, "train", batch_size=8, augment=False, world_size=2, rank=r).sampler
+        )
+        for r in range(2)
+    ]
+    assert len(shards[0]) == len(shards[1]) == 272 and not set(shards[0]) & set(shards[1])
+
+
+def test_augmentation_shifts_but_never_flips_digits(digits: LTData) -> None:
+    ds = digits.dataset("train", augment=True)
+    torch.manual_seed(0)
+    x1, _ = ds.get_batch(list(range(64)))
+    torch.manual_seed(0)
+    x2, _ = ds.get_batch(list(range(64)))
+    assert torch.equal(x1, x2)  # reproducible under torch.manual_seed
+    plain, _ = digits.dataset("train", augment=False).get_batch(list(range(64)))
+    assert not torch.equal(x1, plain)
+    assert not digits.spec.flip and digits.spec.pad == 1
+
+
+def test_val_protocol_test_is_loud() -> None:
+    data = prepare_data(DataConfig(val_protocol="test"))
+    assert np.array_equal(data.labels("val"), data.labels("test"))
+    assert data.split_info["val_is_test"] is True
+    assert "val split IS the test split" in data.split_info["val_note"]
+    assert data.class_counts.tolist() == [134, 103, 80, 62, 48, 37, 28, 22, 17, 13]
+
+
+def test_step_profile_digits() -> None:
+    data = prepare_data(DataConfig(profile="step", imbalance_ratio=10))
+    assert data.class_counts.tolist() == [134] * 5 + [13] * 5
+
+
+def test_seed_changes_selection_not_counts() -> None:
+    a = prepare_data(DataConfig(seed=1), write_splits=False)
+    b = prepare_data(DataConfig(seed=2), write_splits=False)
+    assert a.class_counts.tolist() == b.class_counts.tolist()
+    assert a.ids("train") != b.ids("train")
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def test_unknown_dataset_lists_known() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"data.name: unknown dataset source 'cifar11'; known: "
+        r"cifar10-lt, cifar100-lt, digits-lt, imagefolder, listfile, mnist-lt",
+    ):
+        prepare_data(DataConfig(name="cifar11"))
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data.root=.*nowhere: folder not found"):
+        prepare_data(DataConfig(name="cifar10-lt", root=str(tmp_path / "nowhere")))
+    with pytest.raises(DataError, match=r"data.root is not set; mnist-lt needs it"):
+        prepare_data(DataConfig(name="mnist-lt"))
+
+
+def test_class_left_without_images() -> None:
+    with pytest.raises(
+        DataError,
+        match=r"class 9 \(9\) is left with no training images.*"
+        r"lower data.imbalance_ratio \(at most 134\) or use another data.profile",
+    ):
+        prepare_data(DataConfig(imbalance_ratio=200))
+
+
+def test_rho_below_one_and_unknown_key_rejected_by_config() -> None:
+    with pytest.raises(ConfigError, match="imbalance_ratio: must be >= 1"):
+        load_config(None, ["data.imbalance_ratio=0.5"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(None, ["data.imbalanse_ratio=5"])
+
+
+# ------------------------------------------------------------------- synthetic folder trees
+
+
+def _tree(root: Path, spec: dict[str, dict[str, int]], size: int = 12, mode: str = "RGB") -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, classes in spec.items():
+        for cls, n in classes.items():
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                shape = (size, size, 3) if mode == "RGB" else (size, size)
+                Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(
+                    d / f"{i:04d}.png"
+                )
+
+
+def test_imagefolder_small_in_memory_and_cached(tmp_path: Path, monkeypatch) -> None:
+    _tree(tmp_path, {"train": {"a": 12, "b": 12, "c": 12}, "test": {"a": 5, "b": 5, "c": 5}})
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), imbalance_ratio=4, val_per_class=2)
+    data = prepare_data(cfg)
+    assert data.class_counts.tolist() == [12, 6, 3] and data.class_names == ["a", "b", "c"]
+    assert data.family == "cifar" and data.image_size == 12
+    assert np.bincount(data.labels("val")).tolist() == [2, 2, 2]
+    assert np.bincount(data.labels("test")).tolist() == [3, 3, 3]
+    x, _ = data.dataset("train", augment=True)[0]
+    assert x.shape == (3, 12, 12)
+
+    import ltray.data.pools as pools
+
+    def boom(*a, **k):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(pools, "_decode_one", boom)
+    again = prepare_data(cfg)  # served from the .npy cache
+    assert again.ids("train") == data.ids("train")
+
+
+def test_imagefolder_unreadable_image(tmp_path: Path) -> None:
+    _tree(tmp_path, {"train": {"a": 3, "b": 3}, "test": {"a": 2, "b": 2}})
+    bad = tmp_path / "train" / "b" / "0001.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"image .*train/b/0001.png cannot be read"):
+        prepare_data(DataConfig(name="imagefolder", root=str(tmp_path), imbalance_ratio=1))
+
+
+def test_imagefolder_empty_class(tmp_path: Path) -> None:
+    _tree(tmp_path, {"train": {"a": 3, "b": 3}, "test": {"a": 2, "b": 2}})
+    (tmp_path / "train" / "c").mkdir()
+    with pytest.raises(DataError, match=r"class 2 \(c\) is left with no training images"):
+        prepare_data(DataConfig(name="imagefolder", root=str(tmp_path), imbalance_ratio=1))
+
+
+def test_listfile_lazy_images(tmp_path: Path) -> None:
+    _tree(tmp_path, {"train": {"x": 4, "y": 2}, "test": {"x": 2, "y": 2}}, size=80)
+    lines = {
+        "train": [f"train/x/{i:04d}.png 0" for i in range(4)] + ["train/y/0000.png 1"],
+        "test": [f"test/{c}/{i:04d}.png {k}" for k, c in enumerate("xy") for i in range(2)],
+    }
+    for k, v in lines.items():
+        (tmp_path / f"{k}.txt").write_text("\n".join(v) + "\n")
+    cfg = DataConfig(
+        name="listfile",
+        root=str(tmp_path),
+        train_list=str(tmp_path / "train.txt"),
+        test_list=str(tmp_path / "test.txt"),
+        val_per_class=1,
+    )
+    data = prepare_data(cfg)
+    assert data.class_counts.tolist() == [4, 1] and data.class_names == ["x", "y"]
+    assert data.family == "imagenet" and not data.small_input and data.image_size == 224
+    assert len(data.labels("val")) == 2 and len(data.labels("test")) == 2
+    x, y = data.dataset("train", augment=True)[4]
+    assert x.shape == (3, 224, 224) and y == 1
+    assert data.dataset("test", augment=False)[0][0].shape == (3, 224, 224)
+
+    (tmp_path / "train" / "y" / "0001.png").write_bytes(b"broken")
+    (tmp_path / "train.txt").write_text("train/x/0000.png 0\n\ntrain/y/0001.png 1\n")
+    lazy = prepare_data(cfg)  # existence is checked up front, decoding per item
+    with pytest.raises(DataError, match=r"train/y/0001.png \(.*train.txt:3\) cannot be read"):
+        lazy.dataset("train", augment=False)[1]
+    (tmp_path / "test.txt").write_text("test/x/0000.png 0\ntest/x/0009.png 0\n")
+    with pytest.raises(DataError, match=r"test.txt:2: image .*test/x/0009.png not found"):
+        prepare_data(cfg)
+    (tmp_path / "test.txt").write_text("test/x/0000.png 0\ntest/y/0000.png 5\n")
+    with pytest.raises(
+        DataError, match=r"test.txt:2: label 5 is out of range; valid labels are 0..1"
+    ):
+        prepare_data(cfg)
