@@ -172,9 +172,9 @@ def write_results(run_dir: Path, cfg: Config, data: Any, results: dict[str, Any]
 
 
 HEAD_LABELS = {
-    "linear": "linear (CE)",
-    "ncm_ema": "NCM, EMA memory",
-    "ncm_full": "NCM, full-pass memory",
+    "linear": "linear",
+    "ncm_ema": "NCM (EMA)",
+    "ncm_full": "NCM (full pass)",
     "kt": "KT head",
 }
 
@@ -189,7 +189,7 @@ def results_table(results: dict[str, Any]) -> Any:
 
     table = Table(title=f"test accuracy (%) — best-val epoch {results['best_epoch']}")
     for col in ("head", "Many", "Medium", "Few", "Overall", "top-5", "ECE", "val overall"):
-        table.add_column(col, justify="left" if col == "head" else "right")
+        table.add_column(col, justify="left" if col == "head" else "right", no_wrap=True)
     for head, per_split in results["heads"].items():
         t, v = per_split["test"], per_split["val"]
         table.add_row(

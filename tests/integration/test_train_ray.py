@@ -1,0 +1,92 @@
+"""`ltray train` end to end through Ray Train: the CLI, resume, a killed worker, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ltray.fusion.cache import read_cache
+from ltray.train.rundir import read_metrics
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def ltray(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ltray.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
+    )
+
+
+def test_train_cli_then_resume(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    res = ltray("train", "train.epochs=2", "--out", str(run))
+    assert res.returncode == 0, res.stderr[-3000:]
+    for head in ("linear", "NCM (EMA)", "NCM (full pass)", "KT head"):
+        assert head in res.stdout
+    assert "Many" in res.stdout and "Overall" in res.stdout
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+    assert read_cache(run).test.logits.shape[1] == 10
+
+    # The same --out again is refused: a run is never overwritten.
+    again = ltray("train", "train.epochs=2", "--out", str(run))
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+    # Continue the stopped run for one more epoch.
+    res = ltray("train", "--resume", str(run), "train.epochs=3")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming from" in res.stdout + res.stderr
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
+    assert json.loads((run / "results.json").read_text())["heads"]["kt"]["test"]["overall"] > 0
+
+
+def test_killed_worker_recovers_from_its_checkpoint(tmp_path: Path) -> None:
+    """Kill a Ray Train worker mid-run: the worker group restarts from the last checkpoint,
+    training finishes and the epochs recorded before the kill are kept."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ltray.cli", "train", "train.epochs=8", "scaling.num_workers=2",
+         "train.max_failures=1", "--out", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+    )
+    pid_file = run / "workers" / "rank0.pid"
+    deadline = time.time() + 300
+    killed_pid = None
+    while time.time() < deadline and proc.poll() is None:
+        if pid_file.is_file() and len(read_metrics(run)) >= 2:
+            killed_pid = int(pid_file.read_text())
+            os.kill(killed_pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    assert killed_pid is not None, "training never reached epoch 2"
+    epochs_before = [m["epoch"] for m in read_metrics(run)]
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    assert "resuming from" in out
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    recorded = [json.loads(x)["epoch"] for x in lines]
+    assert recorded[: len(epochs_before)] == epochs_before  # nothing written earlier is lost
+    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 9))
+    assert int(pid_file.read_text()) != killed_pid  # a new worker finished the run
+    assert (run / "results.json").is_file()
+
+
+def test_bad_input_fails_before_ray_starts(tmp_path: Path) -> None:
+    t0 = time.time()
+    res = ltray("train", "data.name=imagenet-lt-typo", "kt.phi=1.5", "--out", str(tmp_path / "r"))
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "kt.phi" in lines[0]
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "r").exists()
+    res = ltray("train", "data.name=imagenet-lt-typo", "--out", str(tmp_path / "r"))
+    assert res.returncode == 2 and "digits-lt" in res.stderr  # the known sources are listed
+    assert not (tmp_path / "r").exists()
