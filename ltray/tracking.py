@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -69,14 +70,44 @@ class SpoolingClient:
         self._warned = False
 
     # -- public operations (all spoolable, JSON arguments only) --------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable (Tune pickles callbacks): the MLflow client is rebuilt on unpickling.
+        return {"tracking_uri": self.tracking_uri, "spool": self.spool}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["tracking_uri"], state["spool"])  # type: ignore[misc]
+
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         return exp.experiment_id if exp else self.client.create_experiment(name)
 
     def create_run(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
-        """Create a run now (needs the server: a run id cannot be spooled)."""
+        """Create a run and return its id. While the server is unreachable the creation is
+        spooled and a local ``pending-…`` id is returned; :meth:`resolve` maps it to the real id
+        once the spool has been replayed."""
+        if self._replay():
+            try:
+                return self._create(experiment, run_name, tags)
+            except Exception as exc:  # noqa: BLE001 - any transport/server failure spools
+                self._warn(exc)
+        local = f"pending-{uuid.uuid4().hex}"
+        self._spool_op("create_run", [local, experiment, run_name, tags])
+        return local
+
+    def resolve(self, run_id: str) -> str:
+        """The real id of a run created while the server was down (itself otherwise)."""
+        return self._ids().get(run_id, run_id)
+
+    def _create(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
         return run.info.run_id
+
+    def _ids_path(self) -> Path:
+        return self.spool.with_name(self.spool.name + ".ids.json")
+
+    def _ids(self) -> dict[str, str]:
+        path = self._ids_path()
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         self._call("log_params", run_id, {k: str(v)[:_MAX_PARAM] for k, v in params.items()})
@@ -105,6 +136,15 @@ class SpoolingClient:
 
         from mlflow.entities import Metric, Param
 
+        if op == "create_run":
+            local, experiment, run_name, tags = args
+            ids = self._ids()
+            ids[local] = self._create(experiment, run_name, tags)
+            self._ids_path().write_text(json.dumps(ids))
+            return
+        args = [self.resolve(args[0]), *args[1:]]
+        if args[0].startswith("pending-"):
+            raise RuntimeError(f"run {args[0]} was never created")
         if op == "log_params":
             run_id, params = args
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
@@ -130,8 +170,12 @@ class SpoolingClient:
                 return
             except Exception as exc:  # noqa: BLE001 - any transport/server failure spools
                 self._warn(exc)
+        self._spool_op(op, list(args))
+
+    def _spool_op(self, op: str, args: list[Any]) -> None:
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
         with open(self.spool, "a") as f:
-            f.write(json.dumps({"op": op, "args": list(args)}) + "\n")
+            f.write(json.dumps({"op": op, "args": args}) + "\n")
 
     def _replay(self) -> bool:
         if not self.spool.is_file():
@@ -169,7 +213,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
-def log_train_run(cfg: Config, run_dir: Path, results: dict[str, Any]) -> str | None:
+def log_train_run(cfg: Config, run_dir: Path, results: dict[str, Any]) -> str:
     """Log a finished `ltray train` run (params, per-epoch metrics, test metrics, artifacts)
     and write ``mlflow_run.json`` so `ltray fuse` can add to the same run."""
     from ltray.train.rundir import read_metrics
@@ -177,8 +221,9 @@ def log_train_run(cfg: Config, run_dir: Path, results: dict[str, Any]) -> str | 
     uri = resolve_tracking_uri(cfg.tracking.mlflow_uri)
     client = SpoolingClient(uri, Path(run_dir) / "mlflow_spool.jsonl")
     try:
-        run_id = client.create_run(cfg.tracking.experiment, Path(run_dir).name,
-                                   {"ltray.run_dir": str(run_dir)})
+        run_id = client.create_run(
+            cfg.tracking.experiment, Path(run_dir).name, {"ltray.run_dir": str(run_dir)}
+        )
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"MLflow at {uri} unreachable ({exc}); run not logged", stacklevel=2)
         return None
@@ -189,6 +234,7 @@ def log_train_run(cfg: Config, run_dir: Path, results: dict[str, Any]) -> str | 
     for name in ("config.yaml", "results.json", "table.txt", "per_class.png", "metrics.csv"):
         client.log_artifact(run_id, str(Path(run_dir) / name))
     client.set_terminated(run_id)
+    run_id = client.resolve(run_id)
     (Path(run_dir) / "mlflow_run.json").write_text(
         json.dumps({"tracking_uri": uri, "run_id": run_id})
     )

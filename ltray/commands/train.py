@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -13,14 +14,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train a ResNet with the class-mean memory and the KT head through Ray "
         "Train; evaluate every head; write a run directory with the feature cache.",
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted config overrides, e.g. train.lr=0.05 data.imbalance_ratio=50")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted config overrides, e.g. train.lr=0.05 data.imbalance_ratio=50",
+    )
     p.add_argument("--config", help="YAML config (same keys as the overrides)")
-    p.add_argument("--out", help="new run directory (default: a new folder under "
-                   "$LTRAY_HOME/runs, LTRAY_HOME defaults to ~/.ltray)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a stopped run from its last checkpoint (overrides such as "
-                   "train.epochs=N apply on top of its saved config)")
+    p.add_argument(
+        "--out",
+        help="new run directory (default: a new folder under "
+        "$LTRAY_HOME/runs, LTRAY_HOME defaults to ~/.ltray)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from its last checkpoint (overrides such as "
+        "train.epochs=N apply on top of its saved config)",
+    )
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.set_defaults(func=run)
 
@@ -39,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_run_config(Path(args.resume).expanduser().resolve(), args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     run_dir, results = train(cfg, out=args.out, resume=args.resume, address=args.address)
     console.print(results_table(results))
     console.print(f"run directory: {run_dir}")

@@ -1,0 +1,34 @@
+"""`ltray report SWEEP`: best trials, the Many / Medium / Few / Overall table, Pareto plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="summarise a sweep: best trials, test table, Pareto front")
+    p.add_argument("sweep", help="sweep folder (printed by `ltray tune`) or sweep name")
+    p.add_argument("--top", type=int, default=5, help="trials to show")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ltray.tune.report import find_sweep, pareto_plot, report_tables
+
+    sweep_dir = find_sweep(args.sweep)
+    tables, summary = report_tables(sweep_dir, top=args.top)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
+        return 0
+    for t in tables:
+        console.print(t)
+    if "pareto" in summary:
+        path = pareto_plot(sweep_dir, sweep_dir / "pareto.png")
+        console.print(f"Pareto plot: {path}")
+    return 0

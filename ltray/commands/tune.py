@@ -1,0 +1,105 @@
+"""`ltray tune --space FILE [options] [key=value ...]`: a Ray Tune + Optuna sweep."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="search hyperparameters with Ray Tune + Optuna (+ ASHA), every trial in MLflow",
+        description="Run a sweep described by a search-space YAML (see search_spaces/). "
+        "Trials train (kind: train) or fit a post-hoc method over a cached run (kind: posthoc).",
+    )
+    p.add_argument("--space", required=True, help="search-space YAML, e.g. search_spaces/kt.yaml")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="overrides of the space's base config, e.g. train.epochs=4",
+    )
+    p.add_argument(
+        "--address", help="Ray cluster address ('auto' or host:port); default: start a local Ray"
+    )
+    p.add_argument("--num-samples", type=int, help="number of trials (default: the space's)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
+    p.add_argument("--name", help="sweep name (default: the space file's name)")
+    p.add_argument(
+        "--storage",
+        help="Tune storage: a local path or a pyarrow URI (s3://...); default $LTRAY_HOME/sweeps",
+    )
+    p.add_argument(
+        "--mlflow-uri",
+        help="MLflow tracking URI (default: sqlite:///"
+        "$LTRAY_HOME/mlflow.db); use http://host:port for a server",
+    )
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment)")
+    p.add_argument(
+        "--from",
+        dest="from_run",
+        metavar="RUN_DIR",
+        help="post-hoc spaces: the `ltray train` run whose cache the trials fit on",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted sweep of this --name (finished trials stay)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the space and plan, run nothing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ltray.tune.search import SweepOptions, plan, run_sweep
+    from ltray.tune.space import load_space
+
+    space = load_space(args.space, args.overrides)  # every problem at once, before Ray starts
+    opts = SweepOptions(
+        address=args.address,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        name=args.name,
+        storage=args.storage,
+        mlflow_uri=args.mlflow_uri,
+        mlflow=not args.no_mlflow,
+        resume=args.resume,
+        from_run=args.from_run,
+        experiment=args.experiment,
+    )
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    info = plan(space, opts)
+    table = Table(title=f"sweep plan: {args.space}", show_header=False)
+    for key, value in info.items():
+        if key == "space":
+            for k, dom in value:
+                table.add_row(f"search {k}", dom)
+        else:
+            table.add_row(key, str(value))
+    console.print(table)
+    if args.dry_run:
+        return 0
+    summary = run_sweep(space, opts)
+    from ltray.tune.report import find_sweep, report_tables
+
+    sweep_dir = find_sweep(info["sweep_dir"])
+    tables, _ = report_tables(sweep_dir)
+    for t in tables:
+        console.print(t)
+    if summary["errors"]:
+        console.print(f"[red]{len(summary['errors'])} trial(s) failed; see the log above[/red]")
+    console.print(f"sweep folder: {sweep_dir}\nreport again: ltray report {sweep_dir}")
+    if not args.no_mlflow:
+        from ltray.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(args.mlflow_uri or space.base.tracking.mlflow_uri)
+        if uri.startswith("sqlite"):
+            console.print(
+                f"compare trials: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+            )
+    return 1 if summary["errors"] and not summary["best"] else 0

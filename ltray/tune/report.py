@@ -1,0 +1,232 @@
+"""`ltray report SWEEP`: best trials, their Many / Medium / Few / Overall table, Pareto front.
+
+Reads only the sweep folder (``<storage>/<name>/ltray``): ``sweep.json`` and each trial's
+``trials/<id>/{trial.json, metrics.jsonl, results.json}``. No Ray, no MLflow needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ltray.errors import RunDirError
+from ltray.paths import sweeps_dir
+from ltray.train.rundir import read_metrics
+
+__all__ = [
+    "find_sweep",
+    "collect_trials",
+    "rank_trials",
+    "pareto_front",
+    "report_tables",
+    "pareto_plot",
+]
+
+
+def find_sweep(sweep: str | Path) -> Path:
+    """A sweep folder from a path (the sweep, its ``ltray/`` folder) or a name under the
+    default storage."""
+    for cand in (Path(sweep), Path(sweep) / "ltray", sweeps_dir() / str(sweep) / "ltray"):
+        if (cand / "sweep.json").is_file():
+            return cand.resolve()
+    raise RunDirError(
+        f"{sweep}: no sweep found (looked for sweep.json in {sweep}, {sweep}/ltray and "
+        f"{sweeps_dir() / str(sweep) / 'ltray'}); pass the folder `ltray tune` printed"
+    )
+
+
+def _best(values: list[float], mode: str) -> float:
+    return max(values) if mode == "max" else min(values)
+
+
+def collect_trials(sweep_dir: Path, metrics: list[str], modes: list[str]) -> list[dict[str, Any]]:
+    """One record per trial: params, epochs reported, the best value of each metric over its
+    epochs, and the test metrics of its best-val checkpoint when it finished."""
+    out = []
+    for trial_dir in sorted((Path(sweep_dir) / "trials").glob("*")):
+        info_path = trial_dir / "trial.json"
+        if not info_path.is_file():
+            continue
+        info = json.loads(info_path.read_text())
+        records = read_metrics(trial_dir)
+        best: dict[str, float] = {}
+        for metric, mode in zip(metrics, modes, strict=True):
+            vals = [float(r[metric]) for r in records if isinstance(r.get(metric), (int, float))]
+            if vals:
+                best[metric] = _best(vals, mode)
+        results_path = trial_dir / "results.json"
+        out.append(
+            {
+                "trial_id": info["trial_id"],
+                "params": info["params"],
+                "epochs": len(records),
+                "metrics": best,
+                "last": records[-1] if records else {},
+                "finished": results_path.is_file()
+                or (records and "test_fused_overall" in records[-1]),
+                "results": json.loads(results_path.read_text()) if results_path.is_file() else None,
+                "dir": str(trial_dir),
+            }
+        )
+    return out
+
+
+def rank_trials(trials: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    scored = [t for t in trials if metric in t["metrics"]]
+    return sorted(scored, key=lambda t: t["metrics"][metric], reverse=mode == "max")
+
+
+def pareto_front(
+    trials: list[dict[str, Any]], metrics: list[str], modes: list[str]
+) -> list[dict[str, Any]]:
+    """Trials no other trial beats on every metric (and strictly on one)."""
+    pts = [t for t in trials if all(m in t["metrics"] for m in metrics)]
+
+    def signed(t: dict[str, Any]) -> list[float]:
+        return [
+            t["metrics"][m] * (1 if mode == "max" else -1)
+            for m, mode in zip(metrics, modes, strict=True)
+        ]
+
+    front = []
+    for t in pts:
+        a = signed(t)
+        dominated = any(
+            all(b_i >= a_i for a_i, b_i in zip(a, signed(o), strict=True)) and signed(o) != a
+            for o in pts
+            if o is not t
+        )
+        if not dominated:
+            front.append(t)
+    return front
+
+
+def _pct(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{100 * float(v):.1f}"
+
+
+def report_tables(sweep_dir: Path, *, top: int = 5) -> tuple[list[Any], dict[str, Any]]:
+    """Rich tables (leaderboard; test table of the best trials) and a JSON summary."""
+    from rich.table import Table
+
+    state = json.loads((Path(sweep_dir) / "sweep.json").read_text())
+    metrics, modes = state["metric"], state["mode"]
+    trials = collect_trials(sweep_dir, metrics, modes)
+    ranked = rank_trials(trials, metrics[0], modes[0])
+    params = sorted({k for t in trials for k in t["params"]})
+
+    board = Table(
+        title=f"sweep {state['name']}: {len(trials)} trials, ranked by {metrics[0]} ({modes[0]})"
+    )
+    board.add_column("#", justify="right")
+    board.add_column("trial")
+    for m in metrics:
+        board.add_column(m, justify="right")
+    board.add_column("epochs", justify="right")
+    for p in params:
+        board.add_column(p, justify="right")
+    for i, t in enumerate(ranked[:top], 1):
+        board.add_row(
+            str(i),
+            t["trial_id"],
+            *[_pct(t["metrics"].get(m)) for m in metrics],
+            str(t["epochs"]),
+            *[_fmt(t["params"].get(p)) for p in params],
+        )
+
+    test = Table(title="test accuracy (%) of the best trials (best-val checkpoint)")
+    for col in ("trial", "head", "Many", "Medium", "Few", "Overall"):
+        test.add_column(col, justify="left" if col in ("trial", "head") else "right")
+    for t in ranked[:top]:
+        if t["results"]:
+            for head, per_split in t["results"]["heads"].items():
+                r = per_split["test"]
+                test.add_row(
+                    t["trial_id"],
+                    head,
+                    _pct(r["many"]),
+                    _pct(r["medium"]),
+                    _pct(r["few"]),
+                    _pct(r["overall"]),
+                )
+        elif "test_fused_overall" in t["last"]:
+            r = t["last"]
+            test.add_row(
+                t["trial_id"],
+                state.get("method") or "post-hoc",
+                *[_pct(r.get(f"test_fused_{g}")) for g in ("many", "medium", "few", "overall")],
+            )
+    summary = {
+        "metric": metrics,
+        "mode": modes,
+        "num_trials": len(trials),
+        "ranked": [{k: t[k] for k in ("trial_id", "params", "metrics", "epochs")} for t in ranked],
+    }
+    tables = [board, test]
+    if len(metrics) > 1:
+        front = pareto_front(trials, metrics, modes)
+        summary["pareto"] = [t["trial_id"] for t in front]
+        pt = Table(title=f"Pareto front over {', '.join(metrics)}")
+        pt.add_column("trial")
+        for m in metrics:
+            pt.add_column(m, justify="right")
+        for t in sorted(front, key=lambda t: -t["metrics"][metrics[0]]):
+            pt.add_row(t["trial_id"], *[_pct(t["metrics"][m]) for m in metrics])
+        tables.append(pt)
+    return tables, summary
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def pareto_plot(sweep_dir: Path, path: Path) -> Path:
+    """Scatter of every trial on the first two metrics, the Pareto front highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    state = json.loads((Path(sweep_dir) / "sweep.json").read_text())
+    metrics, modes = state["metric"][:2], state["mode"][:2]
+    trials = [
+        t
+        for t in collect_trials(sweep_dir, metrics, modes)
+        if all(m in t["metrics"] for m in metrics)
+    ]
+    front = pareto_front(trials, metrics, modes)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(
+        [100 * t["metrics"][metrics[0]] for t in trials],
+        [100 * t["metrics"][metrics[1]] for t in trials],
+        c="0.6",
+        label="trials",
+    )
+    front = sorted(front, key=lambda t: t["metrics"][metrics[0]])
+    ax.plot(
+        [100 * t["metrics"][metrics[0]] for t in front],
+        [100 * t["metrics"][metrics[1]] for t in front],
+        "o-",
+        c="C3",
+        label="Pareto front",
+    )
+    for t in front:
+        ax.annotate(
+            t["trial_id"],
+            (100 * t["metrics"][metrics[0]], 100 * t["metrics"][metrics[1]]),
+            fontsize=7,
+        )
+    ax.set_xlabel(f"{metrics[0]} (%)")
+    ax.set_ylabel(f"{metrics[1]} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,429 @@
+"""`ltray tune`: a Ray Tune sweep (OptunaSearch + ASHA) whose trials train or fit post hoc.
+
+Three levels, as in Ray's examples:
+  [1] :func:`run_sweep` — the Tune driver: validates, starts Ray, builds the Tuner, logs MLflow;
+  [2] a trial — :func:`train_trial` (one training run) or :func:`posthoc_trial` (one post-hoc
+      fit over a cached run);
+  [3] the training loop — in the trial process itself for single-worker trials (no nested
+      Train start-up cost), or on the workers of a nested ``TorchTrainer`` otherwise.
+
+Sweep folder ``<storage>/<name>/``: Tune's own experiment state, plus ``ltray/`` with
+``sweep.json`` (the space, metrics, MLflow parent), ``trials/<trial_id>/`` (one run directory
+per trial), ``mlflow_runs.json`` (trial → MLflow run) and, when MLflow was unreachable,
+``mlflow_spool.jsonl``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ltray.config import Config
+from ltray.errors import ConfigError, RunDirError
+from ltray.paths import sweeps_dir
+from ltray.tune.space import POSTHOC, Space, to_tune
+
+__all__ = ["SweepOptions", "run_sweep", "train_trial", "posthoc_trial", "sweep_paths", "plan"]
+
+TRAIN_DRIVER = "train_driver"  # custom resource of a nested trial's Train driver (see DESIGN)
+
+
+@dataclass
+class SweepOptions:
+    address: str | None = None
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    name: str | None = None
+    storage: str | None = None
+    mlflow_uri: str | None = None
+    mlflow: bool = True
+    resume: bool = False
+    from_run: str | None = None
+    experiment: str | None = None
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
+    """The base config with one trial's sampled values set (types kept, no string parsing)."""
+    raw = copy.deepcopy(base)
+    for key, value in params.items():
+        _set_dotted(raw, key, value)
+    return Config.model_validate(raw)
+
+
+def _searched(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if not k.startswith("__")}
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """[2] One Tune trial that trains; ``config`` = sampled keys + ``__ltray__`` settings."""
+    from ray import tune
+
+    meta = config["__ltray__"]
+    cfg = trial_config(meta["base"], _searched(config))
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = Path(meta["sweep_dir"]) / "trials" / trial_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from ltray.config import save_config
+
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "trial.json").write_text(
+        json.dumps({"trial_id": trial_id, "params": _searched(config)})
+    )
+    if cfg.scaling.num_workers <= 1:
+        # [3] in this process: a one-worker trial does not pay the nested-Train start-up cost.
+        from ltray.train.context import TuneContext
+        from ltray.train.loop import run_training
+
+        run_training(cfg, run_dir, TuneContext())
+        return
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ltray.train.driver import train_loop_per_worker
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "run_dir": str(run_dir),
+            "resume_from": None,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.scaling.cpus_per_worker,
+                **({"GPU": 1} if cfg.scaling.use_gpu else {}),
+            },
+        ),
+        run_config=ray.train.RunConfig(
+            # Named after the trial: a Tune-level retry of this trial resumes its Train run.
+            name=f"train_{trial_id}",
+            storage_path=str(run_dir / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    trainer.fit()
+
+
+def posthoc_trial(config: dict[str, Any]) -> None:
+    """[2] One Tune trial fitting a post-hoc method over a cached run (seconds, no training)."""
+    from ray import tune
+
+    from ltray.fusion import run_method
+    from ltray.fusion.cache import read_cache
+
+    meta = config["__ltray__"]
+    method = config.get("method", meta["method"])
+    settings = {
+        k.split(".", 1)[1]: v for k, v in _searched(config).items() if k.startswith(f"{method}.")
+    }
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = Path(meta["sweep_dir"]) / "trials" / trial_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "trial.json").write_text(
+        json.dumps({"trial_id": trial_id, "params": _searched(config)})
+    )
+    cache = read_cache(meta["from_run"])
+    t0 = time.time()
+    res = run_method(cache, method, settings)
+    metrics: dict[str, Any] = {"fit_time_s": time.time() - t0}
+    for split, m in (("val", res.val), ("test", res.test)):
+        for key, value in m.summary().items():
+            if value is not None:
+                metrics[f"{split}_fused_{key}"] = float(value)
+    for key, value in res.chosen.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[f"chosen_{key}"] = float(value)
+    metrics["epoch"] = 1
+    from ltray.train.rundir import append_metrics
+
+    append_metrics(run_dir, metrics)
+    tune.report(metrics)
+
+
+def sweep_paths(space: Space, opts: SweepOptions) -> tuple[str, str, Path]:
+    """(storage, name, local ltray sweep folder)."""
+    storage = opts.storage or str(sweeps_dir())
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    name = opts.name or space.name
+    local = (Path(storage) if "://" not in storage else sweeps_dir()) / name / "ltray"
+    return storage, name, local
+
+
+def plan(space: Space, opts: SweepOptions) -> dict[str, Any]:
+    """What a sweep would do (``--dry-run``), with nothing started."""
+    s = space.spec.search
+    storage, name, local = sweep_paths(space, opts)
+    sc = space.base.scaling
+    return {
+        "space": space.describe(),
+        "kind": space.spec.kind,
+        "method": space.spec.method,
+        "metric": space.metrics,
+        "mode": space.modes,
+        "num_samples": opts.num_samples or s.num_samples,
+        "max_concurrent": opts.max_concurrent or s.max_concurrent,
+        "scheduler": s.scheduler if not space.multi_objective else "none (multi-objective)",
+        "sampler": f"{s.sampler} (seed {s.seed})",
+        "epochs": space.base.train.epochs,
+        "trial": "in-process loop (no nested Train)"
+        if sc.num_workers <= 1
+        else f"nested TorchTrainer, {sc.num_workers} workers",
+        "storage": f"{storage}/{name}",
+        "sweep_dir": str(local),
+        "from_run": opts.from_run,
+    }
+
+
+def _check_from_run(space: Space, opts: SweepOptions) -> None:
+    if space.spec.kind == POSTHOC and opts.from_run:
+        cache = Path(opts.from_run) / "cache" / "meta.json"
+        if not cache.is_file():
+            raise RunDirError(
+                f"--from {opts.from_run}: no feature cache ({cache} missing); pass a run "
+                "directory written by `ltray train`"
+            )
+    if space.spec.kind != POSTHOC and opts.from_run:
+        raise ConfigError("--from applies to post-hoc spaces (kind: posthoc) only")
+
+
+def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
+    """[1] Run (or resume) a sweep; returns a summary with the best trial."""
+    _check_from_run(space, opts)
+    storage, name, local = sweep_paths(space, opts)
+    exp_path = f"{storage}/{name}"
+    if opts.resume:
+        if not (local / "sweep.json").is_file():
+            raise RunDirError(f"--resume: no sweep at {local}; check --name/--storage")
+    elif (local / "sweep.json").is_file():
+        raise RunDirError(
+            f"a sweep named {name!r} exists at {exp_path}; continue it with --resume or "
+            "choose another --name"
+        )
+
+    s = space.spec.search
+    num_samples = opts.num_samples or s.num_samples
+    max_concurrent = opts.max_concurrent or s.max_concurrent
+    space = _select_head_from_metric(space)
+    local.mkdir(parents=True, exist_ok=True)
+    from ltray.tracking import mlflow_params, resolve_tracking_uri
+
+    state: dict[str, Any] = json.loads((local / "sweep.json").read_text()) if opts.resume else {}
+    from_run = opts.from_run or state.get("from_run")
+    if space.spec.kind == POSTHOC and not from_run:
+        # No cached run given: train the base config once (the embedded default by default).
+        from ltray.train.driver import train
+
+        in_process = space.base.scaling.model_copy(update={"num_workers": 0})
+        base_run, _ = train(
+            space.base.model_copy(update={"scaling": in_process}), out=local / "base_run"
+        )
+        from_run = str(base_run)
+
+    from ltray.train.driver import ray_init
+
+    nested = space.spec.kind != POSTHOC and space.base.scaling.num_workers > 1
+    ray_init(
+        opts.address,
+        dashboard=True,
+        **({"resources": {TRAIN_DRIVER: 1000}} if nested and not opts.address else {}),
+    )
+    import ray
+
+    if nested and ray.cluster_resources().get(TRAIN_DRIVER, 0) < 1:
+        raise ConfigError(
+            f"the cluster at {opts.address} has no {TRAIN_DRIVER!r} resource for nested trials; "
+            f"start its head with `ray start --head --resources='{{\"{TRAIN_DRIVER}\": 100}}'`"
+        )
+
+    uri = resolve_tracking_uri(opts.mlflow_uri or space.base.tracking.mlflow_uri)
+    experiment = opts.experiment or space.base.tracking.experiment
+    callbacks = []
+    if opts.mlflow:
+        from ltray.tracking import SpoolingClient
+        from ltray.tune.mlflow_callback import MlflowSweepCallback
+
+        parent = state.get("mlflow_parent")
+        if parent is None:
+            client = SpoolingClient(uri, local / "mlflow_spool.jsonl")
+            parent = client.create_run(experiment, f"sweep-{name}", {"ltray.sweep": name})
+            client.log_params(
+                parent,
+                {
+                    "space": space.path.name,
+                    "kind": space.spec.kind,
+                    "metric": ",".join(space.metrics),
+                    "num_samples": num_samples,
+                    **{f"space.{k}": v for k, v in space.describe()},
+                },
+            )
+            client.log_artifact(parent, str(space.path))
+        callbacks.append(
+            MlflowSweepCallback(
+                tracking_uri=uri,
+                experiment=experiment,
+                parent_run_id=parent,
+                sweep_dir=str(local),
+                base_params=mlflow_params(space.base),
+            )
+        )
+    else:
+        parent = None
+
+    state = {
+        "name": name,
+        "storage": storage,
+        "space_file": str(space.path.resolve()),
+        "kind": space.spec.kind,
+        "method": space.spec.method,
+        "metric": space.metrics,
+        "mode": space.modes,
+        "num_samples": num_samples,
+        "from_run": from_run,
+        "mlflow_uri": uri,
+        "mlflow_parent": parent,
+        "experiment": experiment,
+        "base": space.base.model_dump(mode="json"),
+        "started": state.get("started", time.time()),
+    }
+    (local / "sweep.json").write_text(json.dumps(state, indent=1))
+
+    trainable = _trainable(space, local, from_run)
+    from ray import tune
+
+    if opts.resume:
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune(space),
+            tune_config=_tune_config(space, num_samples, max_concurrent),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+    summary = _summary(space, results, local)
+    (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if opts.mlflow and parent is not None:
+        from ltray.tracking import SpoolingClient
+
+        client = SpoolingClient(uri, local / "mlflow_spool.jsonl")
+        best = summary.get("best") or {}
+        client.log_metrics(
+            parent, {f"best_{k}": v for k, v in best.get("metrics", {}).items()}, step=0
+        )
+        client.log_artifact(parent, str(local / "summary.json"))
+        client.set_terminated(parent)
+        client.flush()
+    return summary
+
+
+def _select_head_from_metric(space: Space) -> Space:
+    """Tuning ``val_<head>_...``: pick each trial's best epoch by that head too, so the test
+    numbers belong to the checkpoint the metric chose (unless the base config sets it)."""
+    head = space.metrics[0].split("_")[1] if space.metrics[0].startswith("val_") else None
+    if head == "ncm":
+        head = "_".join(space.metrics[0].split("_")[1:3])
+    explicit = "select_head" in space.spec.base.get("eval", {})
+    if head and not explicit and space.spec.kind != POSTHOC:
+        space.base = space.base.model_copy(
+            update={"eval": space.base.eval.model_copy(update={"select_head": head})}
+        )
+    return space
+
+
+def _trainable(space: Space, local: Path, from_run: str | None) -> Any:
+    from ray import tune
+
+    meta = {"base": space.base.model_dump(mode="json"), "sweep_dir": str(local)}
+    sc = space.base.scaling
+    if space.spec.kind == POSTHOC:
+        meta.update(method=space.spec.method, from_run=from_run)
+        fn, resources = posthoc_trial, {"CPU": 1}
+    elif sc.num_workers <= 1:
+        fn = train_trial
+        resources = {"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})}
+    else:
+        # The trial process only drives Train: give it a custom resource, not a core.
+        fn, resources = train_trial, {TRAIN_DRIVER: 1}
+
+    def trial(config: dict[str, Any]) -> None:
+        fn({**config, "__ltray__": meta})
+
+    trial.__name__ = f"ltray_{space.spec.kind}_trial"
+    return tune.with_resources(trial, resources)
+
+
+def _tune_config(space: Space, num_samples: int, max_concurrent: int) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = space.spec.search
+    sampler = (
+        optuna.samplers.TPESampler(seed=s.seed)
+        if s.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=s.seed)
+    )
+    multi = space.multi_objective
+    searcher = OptunaSearch(
+        sampler=sampler,
+        metric=space.metrics if multi else space.metrics[0],
+        mode=space.modes if multi else space.modes[0],
+    )
+    scheduler = None
+    if s.scheduler == "asha" and not multi and space.spec.kind != POSTHOC:
+        # max_t one past the last epoch: the last report is never a forced stop, so a trial that
+        # survives every rung returns normally and writes its results and cache.
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=space.metrics[0],
+            mode=space.modes[0],
+            max_t=space.base.train.epochs + 1,
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
+    return tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
+        scheduler=scheduler,
+        num_samples=num_samples,
+        max_concurrent_trials=max_concurrent,
+    )
+
+
+def _summary(space: Space, results: Any, local: Path) -> dict[str, Any]:
+    from ltray.tune.report import collect_trials, rank_trials
+
+    trials = collect_trials(local, space.metrics, space.modes)
+    ranked = rank_trials(trials, space.metrics[0], space.modes[0])
+    return {
+        "num_trials": len(trials),
+        "errors": [str(e)[:500] for e in results.errors],
+        "best": ranked[0] if ranked else None,
+    }

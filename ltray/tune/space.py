@@ -1,0 +1,315 @@
+"""Search-space files: a base config, a space over dotted config keys, search and scaling.
+
+```yaml
+kind: train                      # train: every trial trains; posthoc: trials fit a post-hoc
+                                 # method over one cached run (`--from RUN_DIR`)
+base:                            # the same schema as `ltray train` configs
+  train: {epochs: 6}
+space:
+  kt.phi: {type: float, low: 0.0, high: 1.0}
+  memory.momentum: {type: float, low: 0.5, high: 0.99}
+  memory.init_epoch: {type: int, low: 0, high: 3}
+  train.lr: {type: float, low: 0.01, high: 0.3, log: true}
+  mixup.variant: {type: categorical, choices: [input, manifold]}
+search:
+  metric: val_kt_overall         # or a list for multi-objective (then mode is a list too)
+  mode: max
+  num_samples: 8
+  max_concurrent: 2
+  scheduler: asha                # asha | none
+  grace_period: 1
+  reduction_factor: 2
+  sampler: tpe                   # tpe | random
+  seed: 0
+scaling: {num_workers: 1, use_gpu: false, cpus_per_worker: 1}
+```
+For ``kind: posthoc`` add ``method: llw`` and write space keys as ``llw.lr``, ``llw.epochs``...;
+a categorical ``method`` key searches over methods (``sum``, ``weighted``, ...), each
+``<method>.<setting>`` key then applies when that method is drawn.
+Every problem of a file is collected and raised as one :class:`SpaceError` before Ray starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ltray.config import (
+    Config,
+    ScalingConfig,
+    apply_overrides,
+    build_config,
+    known_keys,
+    read_yaml,
+)
+from ltray.errors import ConfigError, SpaceError
+
+__all__ = ["Param", "SearchSettings", "SpaceFile", "Space", "load_space", "to_tune", "POSTHOC"]
+
+POSTHOC = "posthoc"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Param(_Strict):
+    """One searched key: ``float``/``int`` with ``low``, ``high`` (``log``, ``step``) or
+    ``categorical`` with ``choices``."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+
+class SearchSettings(_Strict):
+    metric: str | list[str] = "val_kt_overall"
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+
+
+class SpaceFile(_Strict):
+    kind: Literal["train", "posthoc"] = "train"
+    method: str | None = Field(None, description="post-hoc method (kind: posthoc)")
+    name: str | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Param]
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+
+
+class Space:
+    """A validated space: the file's content plus the resolved base :class:`Config`."""
+
+    def __init__(self, path: Path, spec: SpaceFile, base: Config) -> None:
+        self.path = path
+        self.spec = spec
+        self.base = base
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.path.stem
+
+    @property
+    def metrics(self) -> list[str]:
+        m = self.spec.search.metric
+        return list(m) if isinstance(m, list) else [m]
+
+    @property
+    def modes(self) -> list[str]:
+        m = self.spec.search.mode
+        return list(m) if isinstance(m, list) else [m] * len(self.metrics)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(key, human-readable domain) for ``--dry-run``."""
+        rows = []
+        for key, p in self.spec.space.items():
+            if p.type == "categorical":
+                dom = "one of " + ", ".join(map(str, p.choices or []))
+            else:
+                dom = (
+                    f"{p.type} [{p.low:g}, {p.high:g}]"
+                    + (" log" if p.log else "")
+                    + (f" step {p.step:g}" if p.step else "")
+                )
+            rows.append((key, dom))
+        return rows
+
+
+def _param_problems(key: str, p: Param) -> list[str]:
+    out = []
+    if p.type == "categorical":
+        if not p.choices:
+            out.append(f"space.{key}: categorical needs a non-empty `choices` list")
+        if p.low is not None or p.high is not None:
+            out.append(f"space.{key}: categorical takes `choices`, not low/high")
+        return out
+    if p.low is None or p.high is None:
+        out.append(f"space.{key}: {p.type} needs `low` and `high`")
+        return out
+    if p.choices is not None:
+        out.append(f"space.{key}: {p.type} takes low/high, not `choices`")
+    if p.low > p.high:
+        out.append(
+            f"space.{key}: `low <= high` must hold, but got (low={p.low:g}, high={p.high:g})"
+        )
+    if p.log and p.low <= 0:
+        out.append(f"space.{key}: log=true needs low > 0, but got low={p.low:g}")
+    if p.log and p.step:
+        out.append(f"space.{key}: log and step cannot be combined (Optuna)")
+    if p.type == "int" and (p.low != int(p.low) or p.high != int(p.high)):
+        out.append(f"space.{key}: int bounds must be integers, got ({p.low:g}, {p.high:g})")
+    return out
+
+
+def _edge_values(p: Param) -> list[Any]:
+    if p.type == "categorical":
+        return list(p.choices or [])
+    vals = [p.low, p.high]
+    return [int(v) for v in vals] if p.type == "int" else vals
+
+
+def _value_problems(key: str, p: Param, check: Any) -> list[str]:
+    """Validate the domain's edge values (low, high, every choice) against the schema."""
+    out = []
+    for v in _edge_values(p):
+        msg = check(key, v)
+        if msg:
+            out.append(f"space.{key}: value {v!r} from the domain is invalid: {msg}")
+    return out
+
+
+def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
+    """Read and validate a space file (``overrides`` apply to its base config); every problem
+    in one :class:`SpaceError`. Nothing is started."""
+    p = Path(path)
+    try:
+        raw, lines = read_yaml(p)
+    except ConfigError as exc:
+        raise SpaceError(str(exc)) from None
+    problems: list[str] = []
+    try:
+        spec = SpaceFile.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(str(x) for x in err["loc"])
+            line = lines.get(loc) or lines.get(loc[:2]) or lines.get(loc[:1])
+            where = f"{p}:{line}: " if line else f"{p}: "
+            problems.append(f"{where}{'.'.join(loc)}: {err['msg']}")
+        raise SpaceError(f"{len(problems)} problem(s) in {p}: " + "; ".join(problems)) from None
+
+    base_raw = apply_overrides(spec.base, overrides or [])
+    # Scaling in the space file is the trial's scaling: it wins over base.scaling.
+    base_raw["scaling"] = {**base_raw.get("scaling", {}), **spec.scaling.model_dump()}
+    base_lines = {k[1:]: v for k, v in lines.items() if k[:1] == ("base",)}
+    try:
+        base = build_config(base_raw, source=str(p), lines=base_lines)
+    except ConfigError as exc:
+        problems.append(f"base: {exc}")
+        base = None
+
+    def line_of(key: str) -> str:
+        n = lines.get(("space", key))
+        return f"{p}:{n}: " if n else f"{p}: "
+
+    if spec.kind == POSTHOC:
+        from ltray.fusion import FUSION_METHODS, parse_settings
+
+        known = ", ".join(FUSION_METHODS.names())
+        # The searched methods: `method:` and/or a categorical `method` key in the space.
+        methods = [spec.method] if spec.method else []
+        if "method" in spec.space:
+            mp = spec.space["method"]
+            if mp.type != "categorical" or not mp.choices:
+                problems.append(
+                    f"{line_of('method')}space.method: must be categorical with "
+                    f"choices among: {known}"
+                )
+            else:
+                methods = [str(c) for c in mp.choices]
+        if not methods:
+            problems.append(
+                f"{p}: kind: posthoc needs `method:` (or a categorical `method` "
+                f"key in space); one of {known}"
+            )
+        for m in methods:
+            if m not in FUSION_METHODS:
+                problems.append(f"{p}: unknown post-hoc method {m!r}; known: {known}")
+
+        def check(key: str, value: Any) -> str | None:
+            method, setting = key.split(".", 1)
+            try:
+                parse_settings(method, {setting: value})
+            except ConfigError as exc:
+                return str(exc)
+            return None
+
+        for key, param in spec.space.items():
+            if key == "method":
+                continue
+            if key.split(".", 1)[0] not in methods or "." not in key:
+                problems.append(
+                    f"{line_of(key)}space.{key}: post-hoc keys are "
+                    f"`<method>.<setting>` with method in {methods}"
+                )
+                continue
+            shape = _param_problems(key, param)
+            problems += [line_of(key) + s for s in shape]
+            if not shape and key.split(".", 1)[0] in FUSION_METHODS:
+                problems += [line_of(key) + s for s in _value_problems(key, param, check)]
+    else:
+        keys = known_keys()
+
+        def check(key: str, value: Any) -> str | None:
+            try:
+                build_config(base_raw, overrides=[f"{key}={value}"])
+            except ConfigError as exc:
+                return str(exc).split(": ", 1)[-1]
+            return None
+
+        for key, param in spec.space.items():
+            if key not in keys:
+                problems.append(
+                    f"{line_of(key)}space.{key}: not a config key; valid keys look "
+                    f"like kt.phi, memory.momentum, train.lr (see `ltray train -h`)"
+                )
+                continue
+            shape = _param_problems(key, param)
+            problems += [line_of(key) + s for s in shape]
+            if not shape and base is not None:
+                problems += [line_of(key) + s for s in _value_problems(key, param, check)]
+
+    s = spec.search
+    metrics = s.metric if isinstance(s.metric, list) else [s.metric]
+    if isinstance(s.mode, list) and len(s.mode) != len(metrics):
+        problems.append(f"{p}: search.mode has {len(s.mode)} entries for {len(metrics)} metrics")
+    if len(metrics) > 1 and s.scheduler == "asha":
+        problems.append(
+            f"{p}: search.scheduler: asha stops trials on one metric; with several "
+            "metrics (multi-objective) set `scheduler: none`"
+        )
+    if not spec.space:
+        problems.append(f"{p}: space: empty; add at least one key to search")
+    if problems:
+        n = len(problems)
+        raise SpaceError(f"{n} problem{'s' if n > 1 else ''} in {p}: " + "; ".join(problems))
+    assert base is not None
+    return Space(p, spec, base)
+
+
+def to_tune(space: Space) -> dict[str, Any]:
+    """The Tune param_space: ``{"kt.phi": tune.uniform(0, 1), ...}`` (flat dotted keys)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, p in space.spec.space.items():
+        if p.type == "categorical":
+            out[key] = tune.choice(list(p.choices or []))
+        elif p.type == "int":
+            lo, hi = int(p.low or 0), int(p.high or 0)
+            if p.log:
+                out[key] = tune.lograndint(lo, hi + 1)
+            else:
+                out[key] = tune.qrandint(lo, hi, int(p.step or 1))
+        elif p.log:
+            out[key] = tune.loguniform(p.low, p.high)
+        elif p.step:
+            out[key] = tune.quniform(p.low, p.high, p.step)
+        else:
+            out[key] = tune.uniform(p.low, p.high)
+    return out
