@@ -21,6 +21,15 @@ def run(args: argparse.Namespace) -> int:
     from ltray.tune.report import find_sweep, pareto_plot, report_tables
 
     sweep_dir = find_sweep(args.sweep)
+    spool = sweep_dir / "mlflow_spool.jsonl"
+    if spool.is_file():
+        # MLflow was unreachable during the sweep: replay what was kept locally.
+        from ltray.tracking import SpoolingClient
+
+        uri = json.loads((sweep_dir / "sweep.json").read_text())["mlflow_uri"]
+        done = SpoolingClient(uri, spool).flush()
+        print(f"MLflow spool {'replayed' if done else 'still pending (server unreachable)'}: "
+              f"{uri}", file=sys.stderr)
     tables, summary = report_tables(sweep_dir, top=args.top)
     console = Console(width=None if sys.stdout.isatty() else 160)
     if args.json:

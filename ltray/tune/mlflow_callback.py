@@ -97,7 +97,14 @@ class MlflowSweepCallback(Callback):
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        # A resumed trial may report an epoch again: log each epoch once.
+        steps_path = Path(self.sweep_dir) / "mlflow_steps.json"
+        steps = json.loads(steps_path.read_text()) if steps_path.is_file() else {}
+        if step <= steps.get(trial.trial_id, 0):
+            return
         self.client.log_metrics(self._run_id(trial), trial_metrics(result), step=step)
+        steps[trial.trial_id] = step
+        steps_path.write_text(json.dumps(steps))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,20 @@ def _searched(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("__")}
 
 
+def _write_trial_info(run_dir: Path, trial_id: str, config: dict[str, Any]) -> None:
+    """``trial.json``: the trial's sampled values and where it ran (node, pid)."""
+    import ray
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "trial_id": trial_id,
+        "params": _searched(config),
+        "pid": os.getpid(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
+    (run_dir / "trial.json").write_text(json.dumps(info))
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """[2] One Tune trial that trains; ``config`` = sampled keys + ``__ltray__`` settings."""
     from ray import tune
@@ -73,13 +88,17 @@ def train_trial(config: dict[str, Any]) -> None:
     cfg = trial_config(meta["base"], _searched(config))
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(meta["sweep_dir"]) / "trials" / trial_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_trial_info(run_dir, trial_id, config)
     from ltray.config import save_config
 
     save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "trial.json").write_text(
-        json.dumps({"trial_id": trial_id, "params": _searched(config)})
-    )
+    if (run_dir / "results.json").is_file():
+        # A restored trial whose training had already finished (the sweep was interrupted
+        # while Tune recorded its end): hand its last result back instead of redoing it.
+        from ltray.train.rundir import read_metrics
+
+        tune.report(read_metrics(run_dir)[-1])
+        return
     if cfg.scaling.num_workers <= 1:
         # [3] in this process: a one-worker trial does not pay the nested-Train start-up cost.
         from ltray.train.context import TuneContext
@@ -136,10 +155,7 @@ def posthoc_trial(config: dict[str, Any]) -> None:
     }
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(meta["sweep_dir"]) / "trials" / trial_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "trial.json").write_text(
-        json.dumps({"trial_id": trial_id, "params": _searched(config)})
-    )
+    _write_trial_info(run_dir, trial_id, config)
     cache = read_cache(meta["from_run"])
     t0 = time.time()
     res = run_method(cache, method, settings)
@@ -327,6 +343,12 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
         )
     results = tuner.fit()
     summary = _summary(space, results, local)
+    # Fewer ended trials than samples: interrupted (Ctrl-C); Tune saved its state.
+    summary["interrupted"] = results.num_terminated + results.num_errors < num_samples
+    if summary["interrupted"]:
+        # Interrupted (Ctrl-C): the state is saved; the parent run stays open for --resume.
+        (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        return summary
     (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if opts.mlflow and parent is not None:
         from ltray.tracking import SpoolingClient
