@@ -202,16 +202,60 @@ class TrackingConfig(_Section):
 
 
 class OLTRConfig(_Section):
-    stage1: str | None = Field(None, description="run dir of the stage-1 (CE) checkpoint")
-    centroid_weight: float = Field(0.01, ge=0)
-    cosine_scale: float = Field(16.0, gt=0)
-    attention: bool = True
+    """OLTR stage 2 (Liu et al. 2019; METHODS §9) on top of a stage-1 ltray run."""
+
+    stage1: str | None = Field(
+        None, description="run dir of the stage-1 run (train.method=ce or kt); required"
+    )
+    centroid_weight: float = Field(0.01, ge=0, description="weight of the centroid loss")
+    centroid_margin: float = Field(
+        10.0, ge=0, description="repel margin on the mean squared distance to other centroids"
+    )
+    repel_weight: float = Field(0.01, ge=0, description="weight of the repel term")
+    cosine_scale: float = Field(16.0, gt=0, description="s of the cosine classifier")
+    reachability_scale: float = Field(10.0, gt=0, description="gamma = scale / min distance")
+    attention: bool = Field(True, description="modulated attention on the last feature map")
+    selector: Literal["tanh", "sigmoid"] = Field(
+        "tanh", description="concept selector gate (paper and reference code: tanh)"
+    )
+    backbone_lr_scale: float = Field(
+        0.1, gt=0, description="lr factor of the stage-1 backbone (needs the param_groups hook)"
+    )
+    centroid_lr_scale: float = Field(0.1, gt=0, description="lr factor of the centroids")
 
 
 class LFMEConfig(_Section):
-    experts: list[str] = Field(default_factory=list, description="expert run dirs")
-    temperature: float = Field(2.0, gt=0)
-    kd_weight: float = Field(1.0, ge=0)
+    """LFME (Xiang et al. 2020; METHODS §9): experts per shot group, then one student."""
+
+    subset: Literal["many", "medium", "few"] | None = Field(
+        None, description="the shot group an expert trains on (train.method=lfme_expert)"
+    )
+    experts: list[str] = Field(
+        default_factory=list, description="expert run dirs (train.method=lfme)"
+    )
+    temperature: float = Field(2.0, gt=0, description="distillation temperature T")
+    kd_weight: float = Field(1.0, ge=0, description="weight of the summed expert KD terms")
+    selection_alpha: float = Field(
+        0.6,
+        description="self-paced expert selection: full KD weight until the student's val "
+        "accuracy on the subset reaches alpha * the expert's, then linear decay to 0",
+    )
+    curriculum_start: float = Field(
+        0.5, description="fraction of each expert's easiest instances distilled at epoch 0"
+    )
+    curriculum_epochs: int | None = Field(
+        None, ge=1, description="epochs until every instance is distilled; default train.epochs"
+    )
+    expert_epochs: int | None = Field(
+        None, ge=1, description="train_lfme: expert epochs; default train.epochs"
+    )
+
+    @field_validator("selection_alpha", "curriculum_start")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("must be in [0, 1] (a fraction)")
+        return v
 
 
 class Config(_Section):

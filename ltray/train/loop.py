@@ -108,6 +108,8 @@ def run_training(
     # -- data and model -----------------------------------------------------------------------
     data = prepare_data(cfg.data)
     method = get_method(cfg)
+    if hasattr(method, "prepare_data"):  # e.g. an LFME expert trains on one shot group only
+        data = method.prepare_data(data, cfg)
     small = cfg.model.small_input if cfg.model.small_input is not None else data.small_input
     net = method.build(
         cfg,
@@ -118,8 +120,14 @@ def run_training(
     ).to(device)
     if cuda and cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    # Methods may split parameters into groups with their own lr_scale / weight_decay (OLTR).
+    param_groups = (
+        method.param_groups(net, cfg)
+        if hasattr(method, "param_groups")
+        else [{"params": [p for p in net.parameters() if p.requires_grad]}]
+    )
     optimizer = torch.optim.SGD(
-        [p for p in net.parameters() if p.requires_grad],
+        param_groups,
         lr=cfg.train.lr,
         momentum=cfg.train.momentum,
         weight_decay=cfg.train.weight_decay,
@@ -192,7 +200,7 @@ def run_training(
                 x = x.contiguous(memory_format=torch.channels_last)
             lr = lr0 * lr_factor(cfg.train, epoch + i / steps_per_epoch)
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 res = method.loss(
                     net, fwd, x, y, StepContext(cfg, class_counts, groups, epoch, gen)

@@ -76,6 +76,10 @@ class TrainMethod(Protocol):
     def sampler(self, cfg: Config) -> str:
         """The train sampler (``data.sampler`` unless the method prescribes one)."""
 
+    # Optional hooks, looked up with hasattr by the loop:
+    #   prepare_data(data, cfg) -> LTData       before build (e.g. keep one shot group)
+    #   param_groups(net, cfg) -> list[dict]   SGD groups; "lr_scale" multiplies the lr
+
 
 TRAIN_METHODS: Registry[Callable[[], TrainMethod]] = Registry("training method")
 

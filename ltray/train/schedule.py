@@ -19,8 +19,8 @@ def base_lr(cfg: TrainConfig, global_batch: int) -> float:
 def lr_factor(cfg: TrainConfig, epoch: float) -> float:
     """Multiplier of the base lr at fractional ``epoch`` in [0, cfg.epochs).
 
-    A linear warm-up over ``warmup_epochs`` (epoch e at (e + 1)/warm-up, as LDAM-DRW) comes first; then
-    ``cosine`` decays to 0 at the last epoch, ``step`` multiplies by ``gammas[i]`` from
+    A linear warm-up over ``warmup_epochs`` (epoch e at (e + 1)/warm-up, as LDAM-DRW) comes
+    first; then ``cosine`` decays to 0 at the last epoch, ``step`` multiplies by ``gammas[i]`` from
     ``milestones[i]`` on (cumulative factors, e.g. CIFAR: milestones [160, 180], gammas
     [0.01, 0.0001]), ``constant`` keeps 1.
     """

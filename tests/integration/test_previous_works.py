@@ -1,0 +1,114 @@
+"""OLTR and LFME for one epoch each on CIFAR-10-LT (rho = 100, ResNet-32) from the shared data.
+
+The full rho = 100 split (12,406 train images; 9,800 test) takes several minutes per run on a
+shared 2-core CPU, and the two methods need six runs (CE stage 1 + OLTR; three experts + student).
+The split is therefore thinned here: every class keeps ceil(n_c / 20) of its train images (250,
+150, 90, 54, 33, 20, 12, 7, 5, 3: still rho ≈ 100 with many, medium and few classes), the val
+split as carved (20 per class), and 30 test images per class. Everything else is the real
+pipeline: the same split selection, loaders, loop, evaluation and run directories.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ltray.config import load_config, save_config
+from ltray.data import LTData
+from ltray.metrics import shot_groups
+from ltray.previous.lfme import train_lfme
+from ltray.train.context import LocalContext
+from ltray.train.loop import run_training
+
+pytestmark = [pytest.mark.data, pytest.mark.slow]
+
+
+def _thin(data: LTData, *, train_div: int = 20, test_per_class: int = 30) -> LTData:
+    """Keep ceil(n_c / train_div) train images and test_per_class test images per class."""
+    train_labels = data.labels("train")
+    keep = np.concatenate(
+        [
+            np.flatnonzero(train_labels == c)[: math.ceil((train_labels == c).sum() / train_div)]
+            for c in range(data.num_classes)
+        ]
+    )
+    test_labels = data.labels("test")
+    test_keep = np.concatenate(
+        [np.flatnonzero(test_labels == c)[:test_per_class] for c in range(data.num_classes)]
+    )
+    data.pools = {
+        **data.pools,
+        "train": data.pools["train"].subset(np.sort(keep)),
+        "test": data.pools["test"].subset(np.sort(test_keep)),
+    }
+    counts = np.bincount(data.labels("train"), minlength=data.num_classes).astype(np.int64)
+    data.class_counts = counts
+    th = data.split_info["thresholds"]
+    data.groups = shot_groups(counts, th["many"], th["few"])
+    return data
+
+
+@pytest.fixture
+def thin_cifar(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ltray.data
+    import ltray.train.loop
+
+    original = ltray.data.prepare_data
+
+    def prepare(*args: Any, **kwargs: Any) -> LTData:
+        return _thin(original(*args, **kwargs))
+
+    monkeypatch.setattr(ltray.data, "prepare_data", prepare)
+    monkeypatch.setattr(ltray.train.loop, "prepare_data", prepare)
+
+
+def _overrides(shared_data: Path) -> list[str]:
+    return [
+        "data.name=cifar10-lt",
+        f"data.root={shared_data / 'cifar10'}",
+        "data.imbalance_ratio=100",
+        "model.backbone=resnet32",
+        "data.batch_size=128",
+        "train.epochs=1",
+        "train.threads=2",
+        "memory.init_epoch=1",
+        "scaling.num_workers=0",
+    ]
+
+
+def _check(results: dict[str, Any]) -> None:
+    test = results["heads"]["linear"]["test"]
+    assert 0.0 <= test["overall"] <= 1.0
+    for group in ("many", "medium", "few"):
+        assert test[group] is not None
+
+
+def test_oltr_one_epoch_on_cifar10_lt(shared_data: Path, thin_cifar: None, tmp_path: Path) -> None:
+    base = _overrides(shared_data)
+    stage1 = tmp_path / "ce"
+    stage1.mkdir()
+    cfg1 = load_config(None, base + ["train.method=ce"])
+    save_config(cfg1, stage1 / "config.yaml")
+    run_training(cfg1, stage1, LocalContext())
+    out = tmp_path / "oltr"
+    out.mkdir()
+    cfg = load_config(None, base + ["train.method=oltr", f"oltr.stage1={stage1}"])
+    results = run_training(cfg, out, LocalContext())
+    assert results is not None
+    _check(results)
+    assert (out / "cache").is_dir() and (out / "table.txt").is_file()
+
+
+def test_lfme_one_epoch_on_cifar10_lt(shared_data: Path, thin_cifar: None, tmp_path: Path) -> None:
+    cfg = load_config(None, _overrides(shared_data))
+    student = train_lfme(cfg, tmp_path / "lfme")
+    for name in ("many", "medium", "few"):
+        assert (tmp_path / "lfme" / f"expert-{name}" / "results.json").is_file()
+    import json
+
+    results = json.loads((student / "results.json").read_text())
+    _check(results)
