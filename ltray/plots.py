@@ -34,8 +34,14 @@ def per_class_plot(results: dict[str, Any], path: Path) -> Path:
         if len(acc) > 50:  # smooth long class lists so the lines stay readable
             k = max(len(acc) // 50, 1)
             acc = np.convolve(acc, np.ones(k) / k, mode="same")
-        ax.plot(x, acc, marker="o" if len(acc) <= 50 else None, ms=3, lw=1.2,
-                label=f"{head} ({overall:.1f}%)")
+        ax.plot(
+            x,
+            acc,
+            marker="o" if len(acc) <= 50 else None,
+            ms=3,
+            lw=1.2,
+            label=f"{head} ({overall:.1f}%)",
+        )
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)

@@ -28,8 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
         uri = json.loads((sweep_dir / "sweep.json").read_text())["mlflow_uri"]
         done = SpoolingClient(uri, spool).flush()
-        print(f"MLflow spool {'replayed' if done else 'still pending (server unreachable)'}: "
-              f"{uri}", file=sys.stderr)
+        print(
+            f"MLflow spool {'replayed' if done else 'still pending (server unreachable)'}: {uri}",
+            file=sys.stderr,
+        )
     tables, summary = report_tables(sweep_dir, top=args.top)
     console = Console(width=None if sys.stdout.isatty() else 160)
     if args.json:

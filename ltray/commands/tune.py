@@ -86,9 +86,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = run_sweep(space, opts)
     if summary.get("interrupted"):
-        console.print(f"sweep interrupted; its state is saved. Continue it with:\n  ltray tune "
-                      f"--space {args.space} --name {info['storage'].rsplit('/', 1)[-1]} "
-                      f"--resume" + (f" --storage {args.storage}" if args.storage else ""))
+        console.print(
+            f"sweep interrupted; its state is saved. Continue it with:\n  ltray tune "
+            f"--space {args.space} --name {info['storage'].rsplit('/', 1)[-1]} "
+            f"--resume" + (f" --storage {args.storage}" if args.storage else "")
+        )
         return 130
     from ltray.tune.report import find_sweep, report_tables
 

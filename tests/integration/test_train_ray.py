@@ -21,7 +21,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def ltray(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ltray.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
     )
 
 
@@ -52,9 +55,21 @@ def test_killed_worker_recovers_from_its_checkpoint(tmp_path: Path) -> None:
     training finishes and the epochs recorded before the kill are kept."""
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ltray.cli", "train", "train.epochs=8", "scaling.num_workers=2",
-         "train.max_failures=1", "--out", str(run)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+        [
+            sys.executable,
+            "-m",
+            "ltray.cli",
+            "train",
+            "train.epochs=8",
+            "scaling.num_workers=2",
+            "train.max_failures=1",
+            "--out",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
     )
     pid_file = run / "workers" / "rank0.pid"
     deadline = time.time() + 300

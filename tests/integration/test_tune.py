@@ -40,8 +40,9 @@ search:
 """
 
 
-def space_file(tmp: Path, *, n: int = 4, epochs: int = 3, conc: int = 2,
-               sched: str = "asha") -> Path:
+def space_file(
+    tmp: Path, *, n: int = 4, epochs: int = 3, conc: int = 2, sched: str = "asha"
+) -> Path:
     path = tmp / "space.yaml"
     path.write_text(SPACE.format(n=n, epochs=epochs, conc=conc, sched=sched))
     return path
@@ -68,10 +69,24 @@ class MlflowServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root}/mlflow.db",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.time() + 180
         while time.time() < deadline:
             try:
@@ -112,9 +127,22 @@ def trial_dirs(sweep: Path) -> list[Path]:
 def test_asha_sweep_against_a_real_mlflow_server(tmp_path: Path, server: MlflowServer) -> None:
     space = space_file(tmp_path, n=4, epochs=3)
     res = subprocess.run(
-        tune_cmd("--space", str(space), "--name", "asha", "--storage", str(tmp_path / "st"),
-                 "--mlflow-uri", server.uri, "--experiment", "asha-test"),
-        capture_output=True, text=True, timeout=600)  # a hang fails here
+        tune_cmd(
+            "--space",
+            str(space),
+            "--name",
+            "asha",
+            "--storage",
+            str(tmp_path / "st"),
+            "--mlflow-uri",
+            server.uri,
+            "--experiment",
+            "asha-test",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # a hang fails here
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "ranked by val_kt_overall" in res.stdout
     trials = trial_dirs(tmp_path / "st" / "asha")
@@ -125,8 +153,9 @@ def test_asha_sweep_against_a_real_mlflow_server(tmp_path: Path, server: MlflowS
     parents, children = runs_of(server.uri, "asha-test")
     assert len(parents) == 1 and len(children) == 4
     client = mlflow.MlflowClient(server.uri)
-    for child, n_epochs in zip(sorted(children, key=lambda r: r.info.run_name),
-                               epochs, strict=True):
+    for child, n_epochs in zip(
+        sorted(children, key=lambda r: r.info.run_name), epochs, strict=True
+    ):
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert {"kt.phi", "train.lr", "train.epochs"} <= set(child.data.params)
         history = client.get_metric_history(child.info.run_id, "val_kt_overall")
@@ -135,22 +164,38 @@ def test_asha_sweep_against_a_real_mlflow_server(tmp_path: Path, server: MlflowS
     finished = [c for c in children if "test_kt_overall" in c.data.metrics]
     assert finished, "no trial logged its best checkpoint's test metrics"
 
-    report = subprocess.run([sys.executable, "-m", "ltray.cli", "report",
-                             str(tmp_path / "st" / "asha")], capture_output=True, text=True)
+    report = subprocess.run(
+        [sys.executable, "-m", "ltray.cli", "report", str(tmp_path / "st" / "asha")],
+        capture_output=True,
+        text=True,
+    )
     assert report.returncode == 0 and "Overall" in report.stdout
 
 
-def test_mlflow_server_down_mid_sweep_loses_nothing(tmp_path: Path,
-                                                    server: MlflowServer) -> None:
+def test_mlflow_server_down_mid_sweep_loses_nothing(tmp_path: Path, server: MlflowServer) -> None:
     space = space_file(tmp_path, n=3, epochs=2, conc=1, sched="none")
     sweep = tmp_path / "st" / "down"
     proc = subprocess.Popen(
-        tune_cmd("--space", str(space), "--name", "down", "--storage", str(tmp_path / "st"),
-                 "--mlflow-uri", server.uri, "--experiment", "down-test"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tune_cmd(
+            "--space",
+            str(space),
+            "--name",
+            "down",
+            "--storage",
+            str(tmp_path / "st"),
+            "--mlflow-uri",
+            server.uri,
+            "--experiment",
+            "down-test",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 400
     while time.time() < deadline and not any(
-            (t / "results.json").is_file() for t in trial_dirs(sweep)):
+        (t / "results.json").is_file() for t in trial_dirs(sweep)
+    ):
         time.sleep(0.5)
     server.stop()  # the tracking server dies after the first trial
     while time.time() < deadline and len(trial_dirs(sweep)) < 3 and proc.poll() is None:
@@ -160,8 +205,11 @@ def test_mlflow_server_down_mid_sweep_loses_nothing(tmp_path: Path,
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     if (sweep / "ltray" / "mlflow_spool.jsonl").is_file():  # the end came before the server
-        subprocess.run([sys.executable, "-m", "ltray.cli", "report", str(sweep)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "ltray.cli", "report", str(sweep)],
+            check=True,
+            capture_output=True,
+        )
     assert not (sweep / "ltray" / "mlflow_spool.jsonl").exists()
     parents, children = runs_of(server.uri, "down-test")
     assert len(parents) == 1 and len(children) == 3
@@ -175,25 +223,39 @@ def test_mlflow_server_down_mid_sweep_loses_nothing(tmp_path: Path,
 def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
     space = space_file(tmp_path, n=4, epochs=3, conc=1, sched="none")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ("--space", str(space), "--name", "resume", "--storage", str(tmp_path / "st"),
-            "--mlflow-uri", uri, "--experiment", "resume-test")
+    args = (
+        "--space",
+        str(space),
+        "--name",
+        "resume",
+        "--storage",
+        str(tmp_path / "st"),
+        "--mlflow-uri",
+        uri,
+        "--experiment",
+        "resume-test",
+    )
     sweep = tmp_path / "st" / "resume"
-    proc = subprocess.Popen(tune_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        tune_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 400
-    while time.time() < deadline and sum(
-            (t / "results.json").is_file() for t in trial_dirs(sweep)) < 2:
+    while (
+        time.time() < deadline
+        and sum((t / "results.json").is_file() for t in trial_dirs(sweep)) < 2
+    ):
         time.sleep(0.3)
     proc.send_signal(signal.SIGINT)  # Ctrl-C on the driver mid-sweep
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0, out[-3000:]
     done_before = {t.name for t in trial_dirs(sweep) if (t / "results.json").is_file()}
     assert 2 <= len(done_before) < 4
-    mtimes = {name: (sweep / "ltray" / "trials" / name / "results.json").stat().st_mtime
-              for name in done_before}
+    mtimes = {
+        name: (sweep / "ltray" / "trials" / name / "results.json").stat().st_mtime
+        for name in done_before
+    }
 
-    res = subprocess.run(tune_cmd(*args, "--resume"), capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(tune_cmd(*args, "--resume"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     finished = [t for t in trial_dirs(sweep) if (t / "results.json").is_file()]
     assert len(finished) == 4
@@ -215,13 +277,28 @@ def test_posthoc_llw_sweep_over_a_cached_run(tmp_path: Path) -> None:
     run_training(load_config(None, ["train.epochs=3", "train.threads=1"]), run, LocalContext())
     space = Path(__file__).resolve().parents[2] / "search_spaces" / "llw.yaml"
     res = subprocess.run(
-        tune_cmd("--space", str(space), "--from", str(run), "--num-samples", "3", "--name",
-                 "llw", "--storage", str(tmp_path / "st"), "--mlflow-uri",
-                 f"sqlite:///{tmp_path}/mlflow.db"),
-        capture_output=True, text=True, timeout=600)
+        tune_cmd(
+            "--space",
+            str(space),
+            "--from",
+            str(run),
+            "--num-samples",
+            "3",
+            "--name",
+            "llw",
+            "--storage",
+            str(tmp_path / "st"),
+            "--mlflow-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    records = [json.loads((t / "metrics.jsonl").read_text())
-               for t in trial_dirs(tmp_path / "st" / "llw")]
+    records = [
+        json.loads((t / "metrics.jsonl").read_text()) for t in trial_dirs(tmp_path / "st" / "llw")
+    ]
     assert len(records) == 3
     assert all("val_fused_overall" in r and "test_fused_few" in r for r in records)
     assert "llw" in res.stdout
@@ -233,23 +310,62 @@ def test_sweep_on_a_two_node_cluster(tmp_path: Path, server: MlflowServer) -> No
     ray_tmp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # AF_UNIX paths: <= 107 bytes
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     try:
-        subprocess.run(["ray", "start", "--head", "--port", str(port), "--num-cpus", "1",
-                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(free_port()),
-                        "--temp-dir", str(ray_tmp), "--disable-usage-stats"],
-                       check=True, capture_output=True, env=env, timeout=180)
-        subprocess.run(["ray", "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
-                       check=True, capture_output=True, env=env, timeout=180)
+        subprocess.run(
+            [
+                "ray",
+                "start",
+                "--head",
+                "--port",
+                str(port),
+                "--num-cpus",
+                "1",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(free_port()),
+                "--temp-dir",
+                str(ray_tmp),
+                "--disable-usage-stats",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=180,
+        )
+        subprocess.run(
+            ["ray", "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=180,
+        )
         space = space_file(tmp_path, n=2, epochs=2, conc=2, sched="none")
         res = subprocess.run(
-            tune_cmd("--space", str(space), "--address", f"127.0.0.1:{port}", "--name", "clu",
-                     "--storage", str(tmp_path / "shared"), "--mlflow-uri", server.uri,
-                     "--experiment", "cluster-test"),
-            capture_output=True, text=True, timeout=600, env=env)
+            tune_cmd(
+                "--space",
+                str(space),
+                "--address",
+                f"127.0.0.1:{port}",
+                "--name",
+                "clu",
+                "--storage",
+                str(tmp_path / "shared"),
+                "--mlflow-uri",
+                server.uri,
+                "--experiment",
+                "cluster-test",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
-    infos = [json.loads((t / "trial.json").read_text())
-             for t in trial_dirs(tmp_path / "shared" / "clu")]
+    infos = [
+        json.loads((t / "trial.json").read_text()) for t in trial_dirs(tmp_path / "shared" / "clu")
+    ]
     assert len(infos) == 2
     assert len({i["node_id"] for i in infos}) == 2, "trials did not land on both nodes"
     parents, children = runs_of(server.uri, "cluster-test")

@@ -29,7 +29,9 @@ def test_shipped_spaces_are_valid(path: Path) -> None:
 
 
 def test_every_bad_rule_is_listed_at_once(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         base:
           train: {epochs: 2}
         space:
@@ -39,7 +41,8 @@ def test_every_bad_rule_is_listed_at_once(tmp_path: Path) -> None:
           kt.phi: {type: float, low: 0.2, high: 1.5}
           memory.momentum: {type: float, low: 0.5, high: 1.0}
           mixup.variant: {type: categorical, choices: []}
-        """)
+        """,
+    )
     with pytest.raises(SpaceError) as err:
         load_space(path)
     msg = str(err.value)
@@ -53,20 +56,25 @@ def test_every_bad_rule_is_listed_at_once(tmp_path: Path) -> None:
 
 
 def test_unknown_top_level_and_bad_base_are_reported(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         base:
           train: {epochz: 2}
         space:
           kt.phi: {type: float, low: 0.0, high: 1.0}
         serch: {metric: val_kt_overall}
-        """)
+        """,
+    )
     with pytest.raises(SpaceError) as err:
         load_space(path)
     assert "serch" in str(err.value)
 
 
 def test_posthoc_space_keys_are_checked_against_the_method(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         kind: posthoc
         method: llw
         space:
@@ -74,7 +82,8 @@ def test_posthoc_space_keys_are_checked_against_the_method(tmp_path: Path) -> No
           llw.nope: {type: int, low: 1, high: 3}
           asm.lr: {type: float, low: 0.1, high: 1.0}
         search: {metric: val_fused_overall, scheduler: none}
-        """)
+        """,
+    )
     with pytest.raises(SpaceError) as err:
         load_space(path)
     msg = str(err.value)
@@ -82,11 +91,14 @@ def test_posthoc_space_keys_are_checked_against_the_method(tmp_path: Path) -> No
 
 
 def test_multi_objective_rejects_asha(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         space:
           kt.phi: {type: float, low: 0.0, high: 1.0}
         search: {metric: [val_kt_overall, val_kt_few], mode: [max, max], scheduler: asha}
-        """)
+        """,
+    )
     with pytest.raises(SpaceError, match="multi-objective"):
         load_space(path)
 
@@ -100,13 +112,20 @@ def test_space_maps_to_tune_domains() -> None:
 
 
 def test_cli_bad_space_exits_2_with_one_line_before_ray(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         space:
           kt.phi: {type: float, low: 0.0, high: 2.0}
           memory.momentum: {type: float, low: 0.9, high: 0.5}
-        """)
-    res = subprocess.run([sys.executable, "-m", "ltray.cli", "tune", "--space", str(path)],
-                         capture_output=True, text=True, timeout=120)
+        """,
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "ltray.cli", "tune", "--space", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "2 problems" in lines[0], res.stderr
@@ -116,6 +135,9 @@ def test_cli_bad_space_exits_2_with_one_line_before_ray(tmp_path: Path) -> None:
 def test_dry_run_prints_the_plan(tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, "-m", "ltray.cli", "tune", "--space", str(SPACES[0]), "--dry-run"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "num_samples" in res.stdout and "search" in res.stdout

@@ -48,8 +48,9 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path) -> No
     with pytest.raises(_Stop):
         run_training(cfg, part, StopAfter(2), finalize=False)
     assert [m["epoch"] for m in read_metrics(part)] == [1, 2]
-    run_training(cfg, part, LocalContext(), resume_from=part / "checkpoints" / "last.pt",
-                 finalize=False)
+    run_training(
+        cfg, part, LocalContext(), resume_from=part / "checkpoints" / "last.pt", finalize=False
+    )
     a, b = _weights(full), _weights(part)
     assert a.keys() == b.keys()
     for key in a:
@@ -81,10 +82,25 @@ def test_run_writes_results_cache_and_plots(tmp_path: Path) -> None:
 
 
 def test_warmup_step_and_cosine_schedules() -> None:
-    step = load_config(None, ["train.epochs=200", "train.schedule=step", "train.warmup_epochs=5",
-                              "train.milestones=[160,180]", "train.gammas=[0.01,0.0001]"]).train
+    step = load_config(
+        None,
+        [
+            "train.epochs=200",
+            "train.schedule=step",
+            "train.warmup_epochs=5",
+            "train.milestones=[160,180]",
+            "train.gammas=[0.01,0.0001]",
+        ],
+    ).train
     assert [lr_factor(step, e) for e in (0, 0.5, 4.9, 5, 159.9, 160, 185)] == [
-        0.2, 0.2, 1.0, 1.0, 1.0, 0.01, 0.0001]
+        0.2,
+        0.2,
+        1.0,
+        1.0,
+        1.0,
+        0.01,
+        0.0001,
+    ]
     cos = load_config(None, ["train.epochs=10"]).train
     assert lr_factor(cos, 0) == 1.0
     assert lr_factor(cos, 5) == pytest.approx(0.5)
