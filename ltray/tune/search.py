@@ -257,10 +257,11 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
     from ltray.train.driver import ray_init
 
     nested = space.spec.kind != POSTHOC and space.base.scaling.num_workers > 1
+    # A local Ray always gets the custom resource nested trials' Train drivers take (DESIGN).
     ray_init(
         opts.address,
         dashboard=True,
-        **({"resources": {TRAIN_DRIVER: 1000}} if nested and not opts.address else {}),
+        **({} if opts.address else {"resources": {TRAIN_DRIVER: 1000}}),
     )
     import ray
 
