@@ -1,4 +1,4 @@
-"""What a reproduction runs: the rows of the poster's table, the Mixup grid, seeds, per-run overrides.
+"""What a reproduction runs: the poster's rows, the Mixup grid, seeds, per-run overrides.
 
 A reproduce config is an ordinary `ltray train` config plus an optional ``reproduce:`` section,
 validated by :class:`ReproduceOptions` (unknown keys and bad values rejected, all at once)::

@@ -89,6 +89,7 @@ class Plan:
     groups_present: list[str]
     notes: list[str] = field(default_factory=list)
     mlflow_parent: str | None = None
+    mlflow_uri: str | None = None
     created: float = field(default_factory=time.time)
     version: int = PLAN_VERSION
 

@@ -1,4 +1,4 @@
-"""Load a reproduction: preset or YAML → (train config, ``reproduce:`` options), all checked at once.
+"""Load a reproduction: preset or YAML → (train config, ``reproduce:`` options), checked at once.
 
     setup = load_reproduction("quick", overrides=["train.lr=0.05"], cli=CliOptions(seeds=1))
 
@@ -53,12 +53,18 @@ class Reproduction:
     notes: list[str] = field(default_factory=list)
 
 
-def expand_env(raw: dict[str, Any], source: str) -> dict[str, Any]:
-    """Expand ``$VAR``/``${VAR}`` in the data paths; an unset variable is an error naming it."""
+def expand_env(
+    raw: dict[str, Any], source: str, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Expand ``$VAR``/``${VAR}`` in the data paths; an unset variable is an error naming it
+    (unless an override replaces that key anyway)."""
     data = raw.get("data") or {}
+    replaced = {o.split("=", 1)[0].strip() for o in overrides or []}
     problems = []
     for key in _ENV_KEYS:
         value = data.get(key)
+        if f"data.{key}" in replaced:
+            continue
         if not isinstance(value, str) or "$" not in value:
             continue
         unset = [v for v in _VAR.findall(value) if v not in os.environ]
@@ -127,11 +133,13 @@ def _validate_options(
         for err in exc.errors():
             loc = ("reproduce", *(str(x) for x in err["loc"]))
             key = ".".join(loc)
-            line = lines.get(loc) or lines.get(loc[:2]) or lines.get(loc[:1])
+            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
             where = f"{source}:{line}: {key}" if line else key
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key; valid keys: " + _valid_keys(loc[1:-1])
+            elif err["type"] != "value_error" and not isinstance(err.get("input"), dict):
+                msg += f" (got {err.get('input')!r})"
             problems.append(f"{where}: {msg}")
         n = len(problems)
         raise ConfigError(f"{n} reproduce problem{'s' * (n > 1)}: " + "; ".join(problems)) from None
@@ -187,9 +195,11 @@ def load_reproduction(
     path = resolve_config(name)
     raw, lines = read_yaml(path)
     source = name if path.parent == Path(resolve_config("quick")).parent else str(path)
-    options = _validate_options(_options_raw(raw.pop("reproduce", None), cli, source), source, lines)
-    raw = expand_env(raw, source)
+    options = _validate_options(
+        _options_raw(raw.pop("reproduce", None), cli, source), source, lines
+    )
     cli_overrides = list(overrides or [])
+    raw = expand_env(raw, source, cli_overrides)
     cfg = build_config(raw, source=str(path), lines=lines, overrides=cli_overrides)
     notes: list[str] = []
     if cli.epochs is not None:

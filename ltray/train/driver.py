@@ -18,7 +18,14 @@ from ltray.config import Config, build_config, read_yaml, save_config
 from ltray.errors import RunDirError
 from ltray.paths import new_run_dir
 
-__all__ = ["train", "train_loop_per_worker", "prepare_run_dir", "load_run_config", "ray_init"]
+__all__ = [
+    "train",
+    "make_trainer",
+    "train_loop_per_worker",
+    "prepare_run_dir",
+    "load_run_config",
+    "ray_init",
+]
 
 # Ray Train throttles ray.train.report to one call per health-check interval (2 s by default);
 # small epochs would wait on it, so poll faster.
@@ -81,6 +88,43 @@ def ray_init(address: str | None = None, *, dashboard: bool = True, **kwargs: An
     ray.init(address=address, runtime_env={"env_vars": dict(_RAY_ENV)}, **kwargs)
 
 
+def make_trainer(
+    cfg: Config,
+    run_dir: Path,
+    *,
+    name: str,
+    resume_from: Path | None = None,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """[2] The ``TorchTrainer`` running :func:`train_loop_per_worker` with ``cfg.scaling``;
+    Ray's checkpoints go to ``run_dir/ray/<name>``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    sc = cfg.scaling
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "run_dir": str(run_dir),
+            "resume_from": str(resume_from) if resume_from else None,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers,
+            use_gpu=sc.use_gpu,
+            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(run_dir / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
 def train(
     cfg: Config,
     *,
@@ -112,35 +156,9 @@ def train(
 
         run_training(cfg, run_dir, LocalContext(), resume_from=resume_from)
     else:
-        import ray.train
-        from ray.train.torch import TorchTrainer
-
         ray_init(address)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "config": cfg.model_dump(mode="json"),
-                "run_dir": str(run_dir),
-                "resume_from": str(resume_from) if resume_from else None,
-            },
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.scaling.num_workers,
-                use_gpu=cfg.scaling.use_gpu,
-                resources_per_worker={
-                    "CPU": cfg.scaling.cpus_per_worker,
-                    **({"GPU": 1} if cfg.scaling.use_gpu else {}),
-                },
-            ),
-            run_config=ray.train.RunConfig(
-                # A new name per attempt: a reused name would pick up old Ray checkpoints.
-                name=f"train-{attempt}",
-                storage_path=str(run_dir / "ray"),
-                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-                logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            ),
-        )
-        trainer.fit()
+        # A new name per attempt: a reused name would pick up old Ray checkpoints.
+        make_trainer(cfg, run_dir, name=f"train-{attempt}", resume_from=resume_from).fit()
     results_path = run_dir / "results.json"
     if not results_path.is_file():
         raise RunDirError(f"{results_path}: training ended without results; see the log above")

@@ -107,38 +107,13 @@ def train_trial(config: dict[str, Any]) -> None:
         run_training(cfg, run_dir, TuneContext())
         return
 
-    import ray.train
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ltray.train.driver import train_loop_per_worker
+    from ltray.train.driver import make_trainer
 
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.model_dump(mode="json"),
-            "run_dir": str(run_dir),
-            "resume_from": None,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={
-                "CPU": cfg.scaling.cpus_per_worker,
-                **({"GPU": 1} if cfg.scaling.use_gpu else {}),
-            },
-        ),
-        run_config=ray.train.RunConfig(
-            # Named after the trial: a Tune-level retry of this trial resumes its Train run.
-            name=f"train_{trial_id}",
-            storage_path=str(run_dir / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-    )
-    trainer.fit()
+    # [3] on the workers of a nested Train run, named after the trial: a Tune-level retry of
+    # this trial resumes its Train run from the last checkpoint.
+    make_trainer(cfg, run_dir, name=f"train_{trial_id}", callbacks=[TuneReportCallback()]).fit()
 
 
 def posthoc_trial(config: dict[str, Any]) -> None:
