@@ -31,6 +31,7 @@ Every problem of a file is collected and raised as one :class:`SpaceError` befor
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,9 +194,12 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
             problems.append(f"{where}{'.'.join(loc)}: {err['msg']}")
         raise SpaceError(f"{len(problems)} problem(s) in {p}: " + "; ".join(problems)) from None
 
-    base_raw = apply_overrides(spec.base, overrides or [])
-    # Scaling in the space file is the trial's scaling: it wins over base.scaling.
-    base_raw["scaling"] = {**base_raw.get("scaling", {}), **spec.scaling.model_dump()}
+    base_raw = copy.deepcopy(spec.base)
+    if "scaling" in raw:
+        # The space file's scaling section is the trials' scaling: it wins over base.scaling.
+        base_raw["scaling"] = {**base_raw.get("scaling", {}), **raw["scaling"]}
+    # Command-line overrides win over both.
+    base_raw = apply_overrides(base_raw, overrides or [])
     base_lines = {k[1:]: v for k, v in lines.items() if k[:1] == ("base",)}
     try:
         base = build_config(base_raw, source=str(p), lines=base_lines)
