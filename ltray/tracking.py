@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -31,6 +32,14 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# After a failed call, calls go straight to the spool for this long (a dead server is not
+# waited on at every metric), then the spool is tried again.
+_RETRY_AFTER_S = 20.0
+
+# An unreachable server should cost seconds, not MLflow's default minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 # MLflow caps a param value at 6000 characters (older servers: 500); keep values short.
 _MAX_PARAM = 500
@@ -68,6 +77,7 @@ class SpoolingClient:
         self.client = MlflowClient(tracking_uri)
         self.spool = Path(spool)
         self._warned = False
+        self._down_until = 0.0
 
     # -- public operations (all spoolable, JSON arguments only) --------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -128,11 +138,10 @@ class SpoolingClient:
 
     def flush(self) -> bool:
         """Replay the spool; True when it is empty afterwards."""
-        return self._replay()
+        return self._replay(force=True)
 
     # -- machinery -----------------------------------------------------------------------------
     def _do(self, op: str, args: list[Any]) -> None:
-        import time
 
         from mlflow.entities import Metric, Param
 
@@ -177,9 +186,11 @@ class SpoolingClient:
         with open(self.spool, "a") as f:
             f.write(json.dumps({"op": op, "args": args}) + "\n")
 
-    def _replay(self) -> bool:
+    def _replay(self, *, force: bool = False) -> bool:
         if not self.spool.is_file():
             return True
+        if not force and time.time() < self._down_until:
+            return False  # the server failed moments ago: spool without waiting on it again
         lines = [ln for ln in self.spool.read_text().splitlines() if ln.strip()]
         done = 0
         for line in lines:
@@ -200,6 +211,7 @@ class SpoolingClient:
         return True
 
     def _warn(self, exc: Exception) -> None:
+        self._down_until = time.time() + _RETRY_AFTER_S
         if not self._warned:
             warnings.warn(
                 f"MLflow at {self.tracking_uri} unreachable ({type(exc).__name__}); results are "

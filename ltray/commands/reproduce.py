@@ -143,11 +143,13 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             from ltray.reproduce.driver import plan_of
 
+            for note in rep.notes:
+                console.print(f"[reproduce] {note}", highlight=False, markup=False)
             _print_plan(console, plan_of(rep), Path(args.out or "DIR"))
             return 0
         plan, out_dir = start(rep, args.out)
     for note in plan.notes:
-        console.print(f"[reproduce] {note}", highlight=False)
+        console.print(f"[reproduce] {note}", highlight=False, markup=False)
     _print_plan(console, plan, out_dir)
     result = finish(
         plan,
