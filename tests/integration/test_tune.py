@@ -4,6 +4,7 @@ spaces over a cached run, and a two-node Ray cluster on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -304,6 +305,20 @@ def test_posthoc_llw_sweep_over_a_cached_run(tmp_path: Path) -> None:
     assert "llw" in res.stdout
 
 
+def _stop_cluster(ray_tmp: Path) -> None:
+    """Kill this test's Ray nodes only (`ray stop` would end every Ray on the machine): the
+    processes whose command line names the cluster's temp dir."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if str(ray_tmp).encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 @pytest.mark.skipif(shutil.which("ray") is None, reason="the `ray` CLI is not installed")
 def test_sweep_on_a_two_node_cluster(tmp_path: Path, server: MlflowServer) -> None:
     port = free_port()
@@ -362,7 +377,7 @@ def test_sweep_on_a_two_node_cluster(tmp_path: Path, server: MlflowServer) -> No
         )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+        _stop_cluster(ray_tmp)
     infos = [
         json.loads((t / "trial.json").read_text()) for t in trial_dirs(tmp_path / "shared" / "clu")
     ]
