@@ -68,8 +68,8 @@ def step_times(steps: int, batch: int, threads: int) -> tuple[float, float]:
     return statistics.median(times["ce"]), statistics.median(times["kt"])
 
 
-def plain_loop_throughput(data_args: list[str], threads: int) -> float:
-    """A bare PyTorch loop: ltray's loader and ResNet-32, CE, SGD; one epoch."""
+def plain_loop_throughput(data_args: list[str], threads: int, epochs: int) -> float:
+    """A bare PyTorch loop: ltray's loader and ResNet-32, CE, SGD; train-phase images/s."""
     torch.set_num_threads(threads)
     cfg = load_config(None, data_args)
     data = prepare_data(cfg.data)
@@ -80,16 +80,18 @@ def plain_loop_throughput(data_args: list[str], threads: int) -> float:
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
     seen, t0 = 0, time.perf_counter()
-    for x, y in loader:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        seen += len(y)
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        for x, y in loader:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(y)
     return seen / (time.perf_counter() - t0)
 
 
-def ray_throughput(data_args: list[str], workers: int, threads: int) -> float:
+def ray_throughput(data_args: list[str], workers: int, threads: int, epochs: int) -> float:
     """`ltray train` through a Ray Train TorchTrainer, CE only (same work as the plain loop)."""
     from ltray.train.driver import train
 
@@ -100,7 +102,7 @@ def ray_throughput(data_args: list[str], workers: int, threads: int) -> float:
             "train.method=ce",
             "kt.enabled=false",
             "memory.enabled=false",
-            "train.epochs=1",
+            f"train.epochs={epochs}",
             f"scaling.num_workers={workers}",
             f"train.threads={threads}",
             f"scaling.cpus_per_worker={threads}",
@@ -109,7 +111,9 @@ def ray_throughput(data_args: list[str], workers: int, threads: int) -> float:
     out = Path(tempfile.mkdtemp(prefix="bench-train-")) / "run"
     run_dir, _ = train(cfg, out=out)
     rec = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return float(rec[-1]["images_per_s"])
+    # Train-phase images/s over all epochs (images / summed epoch train time).
+    images = sum(r["images_per_s"] * r["epoch_time_s"] for r in rec)
+    return images / sum(r["epoch_time_s"] for r in rec)
 
 
 def main() -> None:
@@ -117,6 +121,8 @@ def main() -> None:
     ap.add_argument("--data", default="cifar10-lt", choices=["cifar10-lt", "digits-lt"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rho", type=float, default=100)
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per throughput run")
+    ap.add_argument("--skip-throughput", action="store_true", help="only the step-time ratio")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.data == "cifar10-lt":
@@ -129,7 +135,7 @@ def main() -> None:
             "model.backbone=resnet32",
         ]
     else:
-        data_args = ["data.batch_size=128"]
+        data_args = []  # the embedded default: digits-LT, batch 32
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, data {args.data}", flush=True)
 
     ce, kt = step_times(args.steps, 128, threads=2)
@@ -139,9 +145,11 @@ def main() -> None:
         flush=True,
     )
 
-    plain = plain_loop_throughput(data_args, threads=1)
-    ray1 = ray_throughput(data_args, workers=1, threads=1)
-    ray2 = ray_throughput(data_args, workers=2, threads=1)
+    if args.skip_throughput:
+        return
+    plain = plain_loop_throughput(data_args, threads=1, epochs=args.epochs)
+    ray1 = ray_throughput(data_args, workers=1, threads=1, epochs=args.epochs)
+    ray2 = ray_throughput(data_args, workers=2, threads=1, epochs=args.epochs)
     print(
         f"[2] 1 thread/worker: plain loop {plain:.0f} img/s, Ray Train 1 worker "
         f"{ray1:.0f} img/s, ratio {ray1 / plain:.3f} (target >= 0.95)"
