@@ -45,8 +45,6 @@ class TrialClock(Callback):
 
 def sweep(workers: int, trials: int, epochs: int, root: Path) -> list[float]:
     """Run a sweep of ``trials`` trials with ``workers`` workers each; return the overheads."""
-    import ray.tune
-
     from ltray.tune import search
     from ltray.tune.space import load_space
 
@@ -62,22 +60,15 @@ scaling: {{num_workers: {workers}, cpus_per_worker: 1}}
 """)
     space = load_space(space_path)
     clock = root / f"clock-{workers}.json"
-    original = ray.tune.RunConfig
-
-    def run_config(*args: Any, **kwargs: Any) -> Any:  # add the clock to ltray's callbacks
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), TrialClock(str(clock))]
-        return original(*args, **kwargs)
-
-    ray.tune.RunConfig = run_config  # type: ignore[misc]
-    try:
-        search.run_sweep(
-            space,
-            search.SweepOptions(
-                name=f"bench-{workers}w", storage=str(root / "storage"), mlflow=False
-            ),
-        )
-    finally:
-        ray.tune.RunConfig = original  # type: ignore[misc]
+    search.run_sweep(
+        space,
+        search.SweepOptions(
+            name=f"bench-{workers}w",
+            storage=str(root / "storage"),
+            mlflow=False,
+            callbacks=[TrialClock(str(clock))],
+        ),
+    )
     walls = json.loads(clock.read_text())
     overheads = []
     for trial_id, t in walls.items():

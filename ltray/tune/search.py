@@ -19,7 +19,7 @@ import copy
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class SweepOptions:
     resume: bool = False
     from_run: str | None = None
     experiment: str | None = None
+    callbacks: list[Any] = field(default_factory=list)  # extra Tune callbacks (library use)
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
@@ -311,7 +312,7 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                callbacks=callbacks,
+                callbacks=[*callbacks, *opts.callbacks],
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=1,
