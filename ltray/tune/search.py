@@ -413,6 +413,8 @@ def _tune_config(space: Space, num_samples: int, max_concurrent: int) -> Any:
         scheduler=scheduler,
         num_samples=num_samples,
         max_concurrent_trials=max_concurrent,
+        # Function trials reuse their actor: no new Python process + torch import per trial.
+        reuse_actors=True,
     )
 
 
