@@ -390,9 +390,20 @@ def test_sweep_on_a_two_node_cluster(tmp_path: Path, server: MlflowServer) -> No
 def test_two_worker_trials_run_a_nested_train_run(tmp_path: Path) -> None:
     space = space_file(tmp_path, n=1, epochs=1, conc=1, sched="none")
     res = subprocess.run(
-        tune_cmd("--space", str(space), "--name", "nested", "--storage", str(tmp_path / "st"),
-                 "--no-mlflow", "scaling.num_workers=2"),
-        capture_output=True, text=True, timeout=600)
+        tune_cmd(
+            "--space",
+            str(space),
+            "--name",
+            "nested",
+            "--storage",
+            str(tmp_path / "st"),
+            "--no-mlflow",
+            "scaling.num_workers=2",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     (trial,) = trial_dirs(tmp_path / "st" / "nested")
     assert (trial / "results.json").is_file()

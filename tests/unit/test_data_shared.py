@@ -25,9 +25,7 @@ CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
 @pytest.fixture(scope="session")
-def decoded_cache(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def decoded_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An LTRAY_HOME kept between test runs (holds the decoded-image cache); a fresh one when
     pytest's cache is disabled (-p no:cacheprovider)."""
     cache = getattr(request.config, "cache", None)

@@ -144,13 +144,16 @@ def test_dry_run_prints_the_plan(tmp_path: Path) -> None:
 
 
 def test_command_line_overrides_win_over_the_space_file(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         base:
           train: {epochs: 5}
         space:
           kt.phi: {type: float, low: 0.0, high: 1.0}
         scaling: {num_workers: 1, cpus_per_worker: 1}
-        """)
+        """,
+    )
     space = load_space(path, ["scaling.num_workers=2", "train.epochs=2"])
     assert space.base.scaling.num_workers == 2 and space.base.train.epochs == 2
     assert load_space(path).base.scaling.num_workers == 1
