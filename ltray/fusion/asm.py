@@ -148,11 +148,7 @@ def fit_asm(
         batch_loss,
         lambda g: torch.randperm(len(t_tr), generator=g),
         lambda: binary_f1(net.score(top_va, h_va) > 0, t_va),
-        epochs=settings.epochs,
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        batch_size=settings.batch_size,
+        **settings.sgd(),
         seed=settings.seed + 1,
         include_init=False,
     )

@@ -74,6 +74,11 @@ class MethodSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    def sgd(self) -> dict[str, Any]:
+        """The SGD keywords every ``train_and_select`` call takes from these settings."""
+        keys = ("epochs", "lr", "momentum", "weight_decay", "batch_size")
+        return {k: getattr(self, k) for k in keys}
+
 
 class NCMSettings(MethodSettings):
     memory: Literal["full", "ema"] = Field(

@@ -96,11 +96,7 @@ def fit_llw(
         batch_loss,
         lambda gen: class_balanced_indices(y_tr, len(y_tr), gen),
         val_score,
-        epochs=settings.epochs,
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        batch_size=settings.batch_size,
+        **settings.sgd(),
         seed=settings.seed,
         include_init=settings.include_init,
     )
