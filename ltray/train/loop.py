@@ -182,8 +182,7 @@ def run_training(
     if memory is not None and k == 0 and not bool(memory.initialized):
         memory.set_from_sums(*_full_pass(net, shard_loader, device, data.num_classes, world))
 
-    if is_main:
-        rundir.write_worker_pid(run_dir, rank)
+    rundir.write_worker_pid(run_dir, rank)  # every rank: workers/rank{R}.pid
     history_t0 = time.time()
     for epoch in range(start_epoch, cfg.train.epochs):
         seed_everything(_epoch_seed(cfg, epoch, rank))

@@ -105,3 +105,40 @@ def test_bad_input_fails_before_ray_starts(tmp_path: Path) -> None:
     res = ltray("train", "data.name=imagenet-lt-typo", "--out", str(tmp_path / "r"))
     assert res.returncode == 2 and "digits-lt" in res.stderr  # the known sources are listed
     assert not (tmp_path / "r").exists()
+
+
+def test_oltr_and_lfme_train_with_two_ray_train_workers(tmp_path: Path) -> None:
+    """OLTR stage 2 and the LFME student run as 2-worker DDP jobs through Ray Train (digits-LT):
+    stage 1 and the experts train in-process, the two methods on two gloo workers each."""
+    quick = ["train.epochs=2", "memory.init_epoch=1"]
+    ce = tmp_path / "ce"
+    res = ltray("train", *quick, "train.method=ce", "scaling.num_workers=0", "--out", str(ce))
+    assert res.returncode == 0, res.stderr[-3000:]
+    experts = []
+    for name in ("many", "medium", "few"):
+        out = tmp_path / f"expert-{name}"
+        res = ltray(
+            "train",
+            "train.epochs=1",
+            "train.method=lfme_expert",
+            f"lfme.subset={name}",
+            "scaling.num_workers=0",
+            "--out",
+            str(out),
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        experts.append(str(out))
+    jobs = {
+        "oltr": ["train.method=oltr", f"oltr.stage1={ce}"],
+        "lfme": ["train.method=lfme", f"lfme.experts=[{', '.join(experts)}]"],
+    }
+    for name, args in jobs.items():
+        run = tmp_path / name
+        res = ltray("train", *quick, *args, "scaling.num_workers=2", "--out", str(run))
+        assert res.returncode == 0, f"{name}: {res.stderr[-3000:]}"
+        assert (run / "workers" / "rank1.pid").is_file(), f"{name}: no second worker"
+        assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+        results = json.loads((run / "results.json").read_text())
+        test = results["heads"]["linear"]["test"]
+        assert 0.2 < test["overall"] <= 1.0, f"{name}: {test}"  # digits: far above chance
+        assert read_cache(run).test.logits.shape[1] == 10
