@@ -142,7 +142,6 @@ class SpoolingClient:
 
     # -- machinery -----------------------------------------------------------------------------
     def _do(self, op: str, args: list[Any]) -> None:
-
         from mlflow.entities import Metric, Param
 
         if op == "create_run":

@@ -243,7 +243,7 @@ def _fail_orphans(queue: list[_Job], outcome: Outcome, console: Any) -> None:
 
 def _say(console: Any, text: str) -> None:
     if console is not None:
-        console.print(f"\\[reproduce] {text}", highlight=False)
+        console.print(f"[reproduce] {text}", highlight=False, markup=False)
 
 
 def _run_queue(queue: list[_Job], slots: int, outcome: Outcome, console: Any) -> None:
