@@ -80,7 +80,9 @@ class DataConfig(_Section):
     few_threshold: int = Field(20, description="few-shot: fewer than this many train images")
     sampler: Literal["instance", "class_balanced", "sqrt"] = "instance"
     batch_size: int = Field(32, ge=1, description="per-worker batch (digits default; CIFAR: 128)")
-    eval_batch_size: int = Field(512, ge=1)
+    eval_batch_size: int = Field(
+        256, ge=1, description="evaluation batch (256: fastest eval forward on CPU here)"
+    )
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     image_size: int | None = Field(None, description="override the family's input size")
     download: bool = Field(False, description="allow torchvision to download (needs internet)")
@@ -166,8 +168,16 @@ class TrainConfig(_Section):
     )
     scale_lr: bool = Field(False, description="lr *= global batch / base_batch_size")
     base_batch_size: int = Field(128, ge=1)
-    amp: bool = Field(True, description="mixed precision where a GPU is used")
-    channels_last: bool = Field(True, description="channels_last where a GPU is used")
+    amp: bool = Field(
+        True, description="bf16 autocast where a GPU is used (fp16 + scaler on GPUs without bf16)"
+    )
+    channels_last: bool = Field(
+        True, description="channels_last memory format for model and batches (CPU and GPU)"
+    )
+    compile: bool = Field(False, description="torch.compile the training forward/backward")
+    compile_backend: str = Field(
+        "inductor", description="torch.compile backend (inductor; aot_eager traces without codegen)"
+    )
     seed: int = 0
     threads: int | None = Field(None, description="torch threads per worker (CPU)")
     checkpoint_every: int = Field(1, ge=1)
@@ -187,12 +197,59 @@ class EvalConfig(_Section):
     ece_bins: int = Field(15, ge=1)
     every: int = Field(1, ge=1, description="evaluate on val every N epochs")
     select_head: str = Field("linear", description="head whose val accuracy picks the best epoch")
+    ncm_full: Literal["final", "every"] = Field(
+        "final",
+        description="when the full-pass NCM head is scored on val: 'final' = at the memory's "
+        "init epoch (its pass is done anyway) and in the final evaluation; 'every' = at every "
+        "evaluated epoch (one more forward pass over the whole train split each time)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.select_head == "ncm_full" and self.ncm_full != "every":
+            raise ValueError(
+                "eval.select_head=ncm_full needs a full-pass NCM score at every evaluated epoch; "
+                "set eval.ncm_full=every"
+            )
+        return self
 
 
 class ScalingConfig(_Section):
     num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 = in-process")
-    use_gpu: bool = False
+    use_gpu: bool | Literal["auto"] = Field(
+        "auto", description="train on GPUs; auto = when the machine (or Ray cluster) has one"
+    )
+    gpus_per_worker: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="GPU share of one worker (0.25: four single-worker trials on one GPU)",
+    )
     cpus_per_worker: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScalingConfig:
+        if self.gpus_per_worker < 1 and self.num_workers > 1:
+            raise ValueError(
+                f"scaling.gpus_per_worker={self.gpus_per_worker:g} shares a GPU between processes; "
+                f"DDP needs one GPU per worker (NCCL), so use it with scaling.num_workers=1 "
+                f"(several single-worker trials per GPU), or set scaling.gpus_per_worker=1"
+            )
+        return self
+
+    def gpu(self) -> bool:
+        """Whether workers take GPUs; ``use_gpu=auto`` must have been resolved first
+        (:func:`ltray.resources.resolve_scaling`)."""
+        if self.use_gpu == "auto":
+            raise ValueError("scaling.use_gpu=auto is not resolved yet (resolve_scaling)")
+        return bool(self.use_gpu)
+
+    def worker_resources(self) -> dict[str, float]:
+        """Ray resources of one worker: {"CPU": c} plus {"GPU": g} when it uses a GPU."""
+        return {
+            "CPU": self.cpus_per_worker,
+            **({"GPU": self.gpus_per_worker} if self.gpu() else {}),
+        }
 
 
 class TrackingConfig(_Section):

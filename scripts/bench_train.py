@@ -1,13 +1,26 @@
-"""Training-speed benchmark, every ratio measured side by side in one run.
+"""Training speed of `ltray train` held against an independent plain PyTorch loop, in one run.
 
-1. KT + EMA step time / CE step time (ResNet-32, batch 128, 3×32×32): target <= 1.10.
-2. Ray Train 1-worker epoch throughput / a plain PyTorch loop on the same data: target >= 0.95.
-3. Ray Train 2-worker / 1-worker throughput.
+Every number comes from this invocation, on this machine, one job after the other (the machine
+is shared and absolute speed drifts; the ratios are what count):
 
-    python scripts/bench_train.py                      # CIFAR-10-LT from $LTRAY_DATA_DIR
-    python scripts/bench_train.py --data digits-lt     # offline, tiny (ratios only roughly)
+  [ref]  the independent reference loop ``../shared/reference/plain_ce_cifar10lt.py`` (plain
+         PyTorch, not ltray code: tensors in memory, batched crop/flip, channels_last, SGD),
+         run as a subprocess: CIFAR-10-LT rho=100, ResNet-32, batch 128, 2 threads, CE;
+  [1]    `ltray train` on the same split, model, batch, threads and epochs (CE, one Ray Train
+         worker): train images/s / reference (target >= 0.95) and wall time command-to-table /
+         reference (target <= 1.25);
+  [2]    the per-epoch evaluation at default settings (val: linear, EMA-NCM heads) / that
+         epoch's training time (target <= 0.15); the memory's one full pass (end of epoch k)
+         and the final evaluation are shown apart;
+  [3]    2 Ray Train workers x 1 thread / 1 worker x 1 thread, train images/s (target >= 1.8);
+  [4]    the default `ltray train` (digits-LT): wall time - the loop's own time (target <= 15 s);
+  [5]    KT + EMA step / CE step, ResNet-32 batch 128 (target <= 1.10).
 
-Throughputs are train-phase images/s (evaluation excluded) as the loop reports them.
+    LTRAY_DATA_DIR=../shared/data python scripts/bench_train.py            # all, ~20 min
+    python scripts/bench_train.py --only 4 5                             # no shared data needed
+
+The reference file is read from ``--reference`` (default ../shared/reference); it is never
+copied into this repository.
 """
 
 from __future__ import annotations
@@ -16,45 +29,98 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
+REPO = Path(__file__).resolve().parents[1]
 
-from ltray.config import load_config
-from ltray.data import make_loader, prepare_data
-from ltray.models import build_backbone, build_network
-from ltray.train.methods import StandardMethod, StepContext
+
+def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> float:
+    """Run ``cmd`` to completion (output to ``log``); returns its wall time in seconds."""
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}); see {log}")
+    return wall
+
+
+def reference(script: Path, data: Path, epochs: int, work: Path, threads: int) -> dict[str, Any]:
+    out = work / "reference.json"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    wall = _run(
+        [sys.executable, str(script), str(data), str(epochs), str(out)], work / "ref.log", env
+    )
+    res = json.loads(out.read_text())
+    return {"wall_s": wall, "images_per_s": res["train_img_per_s"], "result": res}
+
+
+def ltray_train(overrides: list[str], out: Path, log: Path) -> dict[str, Any]:
+    """`ltray train` as a user runs it; wall time and the loop's own records."""
+    cmd = [sys.executable, "-m", "ltray.cli", "train", "--out", str(out), *overrides]
+    wall = _run(cmd, log)
+    timing = json.loads((out / "timing.json").read_text())
+    rec = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    images = sum(r["images_per_s"] * r["epoch_time_s"] for r in rec)
+    return {
+        "wall_s": wall,
+        "timing": timing,
+        "epochs": rec,
+        "images_per_s": images / sum(r["epoch_time_s"] for r in rec),
+        "results": json.loads((out / "results.json").read_text()),
+    }
+
+
+def cifar_args(root: Path, epochs: int) -> list[str]:
+    # The reference loop's settings: rho=100, batch 128, lr 0.1 (one-cycle cosine, 5% warm-up
+    # there; cosine here), wd 2e-4, CE; 100 val images per class carved out of test.
+    return [
+        "data.name=cifar10-lt",
+        f"data.root={root}",
+        "data.imbalance_ratio=100",
+        "data.batch_size=128",
+        "data.val_per_class=100",
+        "model.backbone=resnet32",
+        "train.method=ce",
+        "train.lr=0.1",
+        "train.weight_decay=2e-4",
+        f"train.epochs={epochs}",
+    ]
 
 
 def step_times(steps: int, batch: int, threads: int) -> tuple[float, float]:
-    """Median seconds per optimiser step: (CE only, KT + EMA memory), interleaved blocks."""
+    """Median seconds per optimiser step: (CE only, KT + EMA memory), interleaved."""
+    import torch
+
+    from ltray.config import load_config
+    from ltray.models import build_network
+    from ltray.train.methods import StandardMethod, StepContext
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg_kt = load_config(None, ["model.backbone=resnet32"])
-    cfg_ce = load_config(
-        None, ["model.backbone=resnet32", "kt.enabled=false", "memory.enabled=false"]
-    )
-    nets, methods, opts = {}, {}, {}
-    for name, cfg, method in (
-        ("ce", cfg_ce, StandardMethod(kt=False)),
-        ("kt", cfg_kt, StandardMethod(kt=True)),
-    ):
+    runs = {}
+    for name, kt in (("ce", False), ("kt", True)):
+        extra = [] if kt else ["kt.enabled=false", "memory.enabled=false"]
+        cfg = load_config(None, ["model.backbone=resnet32", *extra])
         net = build_network(cfg, num_classes=10, in_channels=3, small_input=True)
+        net = net.to(memory_format=torch.channels_last)
         if net.memory is not None:  # after the init epoch: the teacher and EMA are live
             net.memory.set_from_sums(torch.rand(10, net.feat_dim), torch.ones(10))
-        nets[name], methods[name] = (net, cfg), method
-        opts[name] = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32)
+        method = StandardMethod(kt=kt)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        runs[name] = (net, cfg, method, method.wrap(net, cfg), opt)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    counts = torch.linspace(5000, 50, 10)
-    groups = torch.zeros(10, dtype=torch.long)
+    counts, groups = torch.linspace(5000, 50, 10), torch.zeros(10, dtype=torch.long)
     times: dict[str, list[float]] = {"ce": [], "kt": []}
-    for block in range(2 * steps):
+    for block in range(2 * steps + 4):
         name = "ce" if block % 2 == 0 else "kt"
-        (net, cfg), method, opt = nets[name], methods[name], opts[name]
-        fwd = method.wrap(net, cfg)
+        net, cfg, method, fwd, opt = runs[name]
         sc = StepContext(cfg, counts, groups, 1, torch.Generator().manual_seed(block))
         t0 = time.perf_counter()
         res = method.loss(net, fwd, x, y, sc)
@@ -63,100 +129,128 @@ def step_times(steps: int, batch: int, threads: int) -> tuple[float, float]:
         opt.step()
         if net.memory is not None:
             net.memory.step(res.out.features.detach(), res.memory_labels, all_reduce=False)
-        if block >= 2:  # skip one warm-up step of each
+        if block >= 4:  # two warm-up steps of each
             times[name].append(time.perf_counter() - t0)
     return statistics.median(times["ce"]), statistics.median(times["kt"])
 
 
-def plain_loop_throughput(data_args: list[str], threads: int, epochs: int) -> float:
-    """A bare PyTorch loop: ltray's loader and ResNet-32, CE, SGD; train-phase images/s."""
-    torch.set_num_threads(threads)
-    cfg = load_config(None, data_args)
-    data = prepare_data(cfg.data)
-    loader = make_loader(data, "train", batch_size=cfg.data.batch_size, augment=True, seed=0)
-    model = torch.nn.Sequential(
-        build_backbone("resnet32", in_channels=data.in_channels, small_input=True),
-        torch.nn.Linear(64, data.num_classes),
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-    seen, t0 = 0, time.perf_counter()
-    for epoch in range(epochs):
-        loader.sampler.set_epoch(epoch)
-        for x, y in loader:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            seen += len(y)
-    return seen / (time.perf_counter() - t0)
-
-
-def ray_throughput(data_args: list[str], workers: int, threads: int, epochs: int) -> float:
-    """`ltray train` through a Ray Train TorchTrainer, CE only (same work as the plain loop)."""
-    from ltray.train.driver import train
-
-    cfg = load_config(
-        None,
-        data_args
-        + [
-            "train.method=ce",
-            "kt.enabled=false",
-            "memory.enabled=false",
-            f"train.epochs={epochs}",
-            f"scaling.num_workers={workers}",
-            f"train.threads={threads}",
-            f"scaling.cpus_per_worker={threads}",
-        ],
-    )
-    out = Path(tempfile.mkdtemp(prefix="bench-train-")) / "run"
-    run_dir, _ = train(cfg, out=out)
-    rec = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    # Train-phase images/s over all epochs (images / summed epoch train time).
-    images = sum(r["images_per_s"] * r["epoch_time_s"] for r in rec)
-    return images / sum(r["epoch_time_s"] for r in rec)
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", default="cifar10-lt", choices=["cifar10-lt", "digits-lt"])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--rho", type=float, default=100)
-    ap.add_argument("--epochs", type=int, default=1, help="epochs per throughput run")
-    ap.add_argument("--skip-throughput", action="store_true", help="only the step-time ratio")
+    ap.add_argument("--data-dir", default=os.environ.get("LTRAY_DATA_DIR", "../shared/data"))
+    ap.add_argument("--reference", default=str(REPO.parent / "shared" / "reference"))
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of [ref] and [1]")
+    ap.add_argument("--scaling-epochs", type=int, default=1, help="epochs of each run of [3]")
+    ap.add_argument("--steps", type=int, default=15, help="steps per method in [5]")
+    ap.add_argument("--only", nargs="*", type=int, help="run only these parts (1-5)")
+    ap.add_argument("--json", help="also write every number to this JSON file")
     args = ap.parse_args()
+    parts = set(args.only or [1, 2, 3, 4, 5])
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if args.data == "cifar10-lt":
-        root = Path(os.environ.get("LTRAY_DATA_DIR", "../shared/data")) / "cifar10"
-        data_args = [
-            "data.name=cifar10-lt",
-            f"data.root={root}",
-            f"data.imbalance_ratio={args.rho}",
-            "data.batch_size=128",
-            "model.backbone=resnet32",
-        ]
-    else:
-        data_args = []  # the embedded default: digits-LT, batch 32
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, data {args.data}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    root = Path(args.data_dir).resolve() / "cifar10"
+    script = Path(args.reference) / "plain_ce_cifar10lt.py"
+    out: dict[str, Any] = {"cpus": os.cpu_count(), "work": str(work)}
+    import torch
 
-    ce, kt = step_times(args.steps, 128, threads=2)
-    print(
-        f"[1] step time, ResNet-32, batch 128, 2 threads: CE {1000 * ce:.0f} ms, "
-        f"KT+EMA {1000 * kt:.0f} ms, ratio {kt / ce:.3f} (target <= 1.10)",
-        flush=True,
-    )
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, logs in {work}", flush=True)
 
-    if args.skip_throughput:
-        return
-    plain = plain_loop_throughput(data_args, threads=1, epochs=args.epochs)
-    ray1 = ray_throughput(data_args, workers=1, threads=1, epochs=args.epochs)
-    ray2 = ray_throughput(data_args, workers=2, threads=1, epochs=args.epochs)
-    print(
-        f"[2] 1 thread/worker: plain loop {plain:.0f} img/s, Ray Train 1 worker "
-        f"{ray1:.0f} img/s, ratio {ray1 / plain:.3f} (target >= 0.95)"
-    )
-    print(
-        f"[3] Ray Train 2 workers {ray2:.0f} img/s / 1 worker {ray1:.0f} img/s = {ray2 / ray1:.2f}x"
-    )
+    if parts & {1, 2}:
+        if not script.is_file() or not root.is_dir():
+            sys.exit(f"[1]/[2] need {script} and {root} (set --reference / --data-dir)")
+        ref = reference(script, root, args.epochs, work, threads=2)
+        lt = ltray_train(
+            [*cifar_args(root, args.epochs), "train.threads=2", "scaling.cpus_per_worker=2"],
+            work / "ltray-2t",
+            work / "ltray-2t.log",
+        )
+        out.update(reference=ref, ltray=lt)
+        lin = lt["results"]["heads"]["linear"]["test"]["overall"] * 100
+        print(
+            f"[ref] reference loop, {args.epochs} epochs, 2 threads: "
+            f"{ref['images_per_s']:.1f} img/s, wall {ref['wall_s']:.0f} s, "
+            f"test linear {ref['result']['linear']['overall']:.1f} / "
+            f"NCM {ref['result']['ncm_cosine']['overall']:.1f}"
+        )
+        ncm = lt["results"]["heads"]["ncm_full"]["test"]["overall"] * 100
+        print(
+            f"      ltray train, same settings, 1 Ray Train worker: "
+            f"{lt['images_per_s']:.1f} img/s, wall {lt['wall_s']:.0f} s, "
+            f"test linear {lin:.1f} / NCM {ncm:.1f}"
+        )
+        r_ips = lt["images_per_s"] / ref["images_per_s"]
+        r_wall = lt["wall_s"] / ref["wall_s"]
+        print(
+            f"[1] train images/s ltray / reference = {r_ips:.3f} (target >= 0.95) "
+            f"{verdict(r_ips >= 0.95)}"
+        )
+        print(
+            f"    wall time ltray / reference = {r_wall:.3f} (target <= 1.25) "
+            f"{verdict(r_wall <= 1.25)}"
+        )
+        t = lt["timing"]
+        outside = lt["wall_s"] - t["loop_s"]
+        print(
+            f"    ltray wall {lt['wall_s']:.0f} s = outside the loop {outside:.0f} + setup "
+            f"{t['setup_s']:.0f} + training {t['train_s']:.0f} + per-epoch evaluation "
+            f"{t['eval_s']:.0f} + memory init pass {t['memory_init_s']:.0f} + final "
+            f"evaluation and cache {t['final_s']:.0f}"
+        )
+        fracs = [r["eval_time_s"] / r["epoch_time_s"] for r in lt["epochs"]]
+        worst = max(fracs)
+        print(
+            "[2] per-epoch evaluation / epoch training time: "
+            + ", ".join(f"{100 * f:.1f}%" for f in fracs)
+            + f" (target <= 15%) {verdict(worst <= 0.15)}"
+        )
+        out["eval_fractions"] = fracs
+
+    if 3 in parts:
+        if not root.is_dir():
+            sys.exit(f"[3] needs {root} (set --data-dir)")
+        runs = {}
+        for workers in (1, 2):
+            runs[workers] = ltray_train(
+                [
+                    *cifar_args(root, args.scaling_epochs),
+                    f"scaling.num_workers={workers}",
+                    "train.threads=1",
+                    "scaling.cpus_per_worker=1",
+                ],
+                work / f"ltray-{workers}w",
+                work / f"ltray-{workers}w.log",
+            )
+        one, two = runs[1]["images_per_s"], runs[2]["images_per_s"]
+        print(
+            f"[3] 2 workers x 1 thread {two:.1f} img/s / 1 worker x 1 thread {one:.1f} img/s = "
+            f"{two / one:.2f}x (target >= 1.8) {verdict(two / one >= 1.8)}"
+        )
+        out["scaling"] = {"one": one, "two": two, "ratio": two / one}
+
+    if 4 in parts:
+        lt = ltray_train([], work / "ltray-default", work / "ltray-default.log")
+        outside = lt["wall_s"] - lt["timing"]["loop_s"]
+        print(
+            f"[4] default `ltray train` (digits-LT): wall {lt['wall_s']:.1f} s, loop "
+            f"{lt['timing']['loop_s']:.1f} s, outside the loop {outside:.1f} s "
+            f"(target <= 15 s) {verdict(outside <= 15)}"
+        )
+        out["default"] = {"wall_s": lt["wall_s"], "loop_s": lt["timing"]["loop_s"]}
+
+    if 5 in parts:
+        ce, kt = step_times(args.steps, 128, threads=2)
+        print(
+            f"[5] step time, ResNet-32, batch 128, 2 threads: CE {1000 * ce:.0f} ms, "
+            f"KT+EMA {1000 * kt:.0f} ms, ratio {kt / ce:.3f} (target <= 1.10) "
+            f"{verdict(kt / ce <= 1.10)}"
+        )
+        out["step"] = {"ce_s": ce, "kt_s": kt}
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ltray.config import load_config
     from ltray.errors import ConfigError
     from ltray.train.driver import load_run_config, train
-    from ltray.train.rundir import results_table
+    from ltray.train.tables import results_table
 
     if args.resume and (args.config or args.out):
         raise ConfigError("--resume continues a run with its saved config; drop --config/--out")

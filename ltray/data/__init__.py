@@ -8,8 +8,9 @@ for epoch in range(epochs):
     for x, y in loader: ...
 """
 
+from typing import Any
+
 from ltray.data.listfiles import check_images_exist, read_list_file, write_list_file
-from ltray.data.loaders import make_loader
 from ltray.data.longtail import profile_counts, select_long_tail
 from ltray.data.prepare import SPLITS, LTData, prepare_data
 from ltray.data.samplers import SAMPLERS, build_sampler
@@ -19,6 +20,7 @@ __all__ = [
     "LTData",
     "prepare_data",
     "make_loader",
+    "shard_loader",
     "SOURCES",
     "SAMPLERS",
     "SPLITS",
@@ -29,3 +31,12 @@ __all__ = [
     "write_list_file",
     "check_images_exist",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The loaders need torch; validating a data config (the CLI, before Ray starts) does not.
+    if name in ("make_loader", "shard_loader"):
+        from ltray.data import loaders
+
+        return getattr(loaders, name)
+    raise AttributeError(f"module 'ltray.data' has no attribute {name!r}")

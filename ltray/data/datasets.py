@@ -1,9 +1,7 @@
 """torch Datasets over the prepared splits.
 
-:class:`TensorImageDataset` holds decoded uint8 images in memory and augments a whole batch at
-once: the DataLoader's fetcher calls ``__getitems__(indices)`` with a batch of indices, so the
-random crop/flip and the normalisation run as a few tensor ops per batch. Items are still
-``(x, y)`` pairs, so the default collate (or any caller's loop) works unchanged.
+:class:`TensorImageDataset` gives item access to decoded uint8 images held in memory (the
+training loop batches them on its device instead, :mod:`ltray.data.device`).
 
 :class:`FileImageDataset` decodes one image per item with PIL (ImageNet-LT-sized sets, too big
 to keep in memory).
@@ -18,15 +16,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ltray.data.device import augment_nhwc, normalize_nhwc
 from ltray.data.listfiles import line_of
-from ltray.data.transforms import FamilySpec, augment_batch, normalize_batch
+from ltray.data.transforms import FamilySpec
 from ltray.errors import DataError
 
-__all__ = ["TensorImageDataset", "FileImageDataset", "fast_collate"]
+__all__ = ["TensorImageDataset", "FileImageDataset"]
 
 
 class TensorImageDataset(Dataset):
     """Items ``(x float32 [C, S, S] normalised, y int)`` from in-memory uint8 images.
+
+    Item access for callers that want a ``Dataset``; training and evaluation loops batch the
+    same images on their device with :class:`~ltray.data.device.DeviceBatches` (the same
+    augmentation and normalisation code).
 
     Args:
         images: uint8 [N, C, H, W] (numpy array or tensor; kept as a numpy array).
@@ -61,47 +64,21 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    @staticmethod
-    def _generator() -> np.random.Generator:
-        # Drawn from torch's global RNG, like torchvision's transforms: torch.manual_seed makes
-        # the augmentation reproducible, and DataLoader workers (seeded apart) differ.
-        return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-
     def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(x float32 [B, C, S, S], y int64 [B]) for ``indices``, augmented as configured."""
         idx = np.asarray(indices, dtype=np.int64)
-        x = self.images[idx]
+        x = torch.from_numpy(self.images[idx]).permute(0, 2, 3, 1)
         if self.augment:
-            x = augment_batch(x, self.spec, rng=self._generator())
-        x_t = normalize_batch(x, self.spec, out_size=self.out_size)
+            # Drawn from torch's global RNG, like torchvision's transforms: torch.manual_seed
+            # makes the augmentation reproducible.
+            gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+            x = augment_nhwc(x, self.spec, generator=gen)
+        x_t = normalize_nhwc(x, self.spec, out_size=self.out_size).contiguous()
         return x_t, torch.from_numpy(self.labels[idx])
-
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        x, y = self.get_batch(indices)
-        return _BatchItems(x, y)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         x, y = self.get_batch([int(index)])
         return x[0], int(y[0])
-
-
-class _BatchItems(list):
-    """A list of ``(x, y)`` items that also remembers the stacked batch, so
-    :func:`fast_collate` skips the unbind + re-stack (the default collate still works)."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        super().__init__(zip(x.unbind(0), y.tolist(), strict=True))
-        self.x = x
-        self.y = y
-
-
-def fast_collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collate ``(x, y)`` items into (x [B, ...], y int64 [B]); a pre-stacked batch from
-    :meth:`TensorImageDataset.__getitems__` is passed through as is."""
-    if isinstance(items, _BatchItems):
-        return items.x, items.y
-    xs, ys = zip(*items, strict=True)
-    return torch.stack(xs), torch.as_tensor(ys, dtype=torch.int64)
 
 
 class FileImageDataset(Dataset):

@@ -16,13 +16,11 @@ Order of operations (METHODS §1):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from ltray.config import DataConfig
-from ltray.data.datasets import FileImageDataset, TensorImageDataset
 from ltray.data.listfiles import write_list_file
 from ltray.data.longtail import (
     carve_per_class,
@@ -37,6 +35,10 @@ from ltray.data.transforms import FamilySpec, family_spec, imagenet_transform
 from ltray.errors import ConfigError, DataError
 from ltray.metrics import shot_groups
 from ltray.paths import data_cache_dir
+
+if TYPE_CHECKING:  # torch is imported where images are touched, not where data is validated
+    import torch
+    from torch.utils.data import Dataset
 
 __all__ = ["LTData", "prepare_data", "SPLITS", "VAL_IS_TEST_NOTE"]
 
@@ -62,6 +64,9 @@ class LTData:
     split_info: dict[str, Any]
     spec: FamilySpec
     pools: dict[str, Pool] = field(repr=False)
+    _on_device: dict[tuple[str, str], tuple[Pool, Any]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def _pool(self, split: str) -> Pool:
         if split not in self.pools:
@@ -76,8 +81,33 @@ class LTData:
         """[N] list-file entries (relative paths or stable ids) of ``split``."""
         return self._pool(split).ids
 
-    def dataset(self, split: str, *, augment: bool) -> Dataset:
-        """Items ``(x float32 [C, S, S] normalised, y int)`` of ``split``, S = image_size."""
+    @property
+    def in_memory(self) -> bool:
+        """Whether every split's images are decoded in memory (else they are read per item)."""
+        return all(p.images is not None for p in self.pools.values())
+
+    def on_device(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 [N, H, W, C], int64 [N]) of an in-memory ``split`` on ``device``, copied
+        there once per process and kept (until the split's pool is replaced)."""
+        import torch
+
+        from ltray.data.device import to_nhwc
+
+        pool = self._pool(split)
+        key = (split, str(device))
+        if key not in self._on_device or self._on_device[key][0] is not pool:
+            if pool.images is None:
+                raise ValueError(f"split {split!r} is read from files, not held in memory")
+            labels = torch.from_numpy(np.asarray(pool.labels, dtype=np.int64)).to(device)
+            self._on_device[key] = (pool, (to_nhwc(pool.images, device), labels))
+        return self._on_device[key][1]
+
+    def dataset(self, split: str, *, augment: bool, normalize: bool = True) -> Dataset:
+        """Items ``(x float32 [C, S, S] normalised, y int)`` of ``split``, S = image_size;
+        file-backed splits with ``normalize=False`` give uint8 [C, S, S] (the loaders
+        normalise on the device)."""
+        from ltray.data.datasets import FileImageDataset, TensorImageDataset
+
         pool = self._pool(split)
         if pool.images is not None:
             return TensorImageDataset(
@@ -92,7 +122,9 @@ class LTData:
             root=pool.root,
             paths=pool.ids,
             labels=pool.labels,
-            transform=imagenet_transform(train=augment, size=self.image_size, spec=self.spec),
+            transform=imagenet_transform(
+                train=augment, size=self.image_size, spec=self.spec, normalize=normalize
+            ),
             list_file=pool.list_file,
         )
 

@@ -22,7 +22,6 @@ import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
 
 from ltray.registry import Registry
 
@@ -35,8 +34,10 @@ __all__ = [
 ]
 
 
-class ShardedSampler(Sampler[int]):
-    """Base: an epoch-seeded global index sequence, sharded over ranks.
+class ShardedSampler:
+    """Base: an epoch-seeded global index sequence, sharded over ranks. A valid DataLoader
+    ``sampler`` (an iterable of indices with a length); kept free of torch so data configs can
+    be validated without importing it.
 
     Args:
         num_items: dataset size N.
@@ -75,9 +76,12 @@ class ShardedSampler(Sampler[int]):
         """[total_size] int64: the indices of all ranks for the current epoch."""
         raise NotImplementedError
 
+    def shard_indices(self) -> np.ndarray:
+        """[num_samples] int64: this rank's indices for the current epoch, in order."""
+        return self.global_indices()[self.rank : self.total_size : self.world_size]
+
     def __iter__(self) -> Iterator[int]:
-        idx = self.global_indices()
-        return iter(idx[self.rank : self.total_size : self.world_size].tolist())
+        return iter(self.shard_indices().tolist())
 
     def __len__(self) -> int:
         return self.num_samples

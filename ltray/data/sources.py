@@ -162,13 +162,32 @@ def _array_pool(split: str, images: np.ndarray, labels: np.ndarray) -> Pool:
     )
 
 
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: (images float [1797, 8, 8] in 0..16, labels [1797]).
+
+    Read straight from the CSV file that ships inside scikit-learn (what ``load_digits``
+    parses): importing scikit-learn costs seconds at every start, the file costs milliseconds.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        path = Path(loc) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            raw = np.loadtxt(path, delimiter=",")
+            return raw[:, :-1].reshape(-1, 8, 8), raw[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits  # a layout this reader does not know
+
+    d = load_digits()
+    return d.images, d.target
+
+
 @SOURCES.register("digits-lt")
 def digits_source(cfg: DataConfig, *, check_images: bool = True) -> SourceData:
     """scikit-learn's 1,797 8×8 digits (0..16 scaled to 0..255); one pool, val/test held out."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
+    raw, target = _load_digits()
+    images = np.rint(raw * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
     return SourceData(
         name="digits-lt",
         origin="sklearn.datasets.load_digits",
@@ -177,7 +196,7 @@ def digits_source(cfg: DataConfig, *, check_images: bool = True) -> SourceData:
         class_names=[str(i) for i in range(10)],
         native_size=8,
         in_channels=1,
-        train=_array_pool("digits", images, d.target),
+        train=_array_pool("digits", images, target),
         test=None,
         mean=(0.3053,),
         std=(0.3760,),

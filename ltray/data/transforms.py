@@ -6,27 +6,22 @@
 - ``imagenet``: RandomResizedCrop(224) + flip + ColorJitter(0.4, 0.4, 0.4, 0); eval
   Resize(256) + CenterCrop(224).
 
-In-memory families are augmented a whole batch at a time with array ops
-(:func:`augment_batch`), which keeps a CIFAR loader far ahead of a CPU training step with
-``num_workers=0``. The imagenet family uses torchvision's PIL transforms per item.
+In-memory families are augmented a whole batch at a time on the training device
+(:mod:`ltray.data.device`). The imagenet family uses torchvision's PIL transforms per item.
+This module imports neither torch nor torchvision at import time (the CLI validates data
+before it starts anything heavy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-from numpy.lib.stride_tricks import sliding_window_view
+from typing import Any
 
 __all__ = [
     "FAMILIES",
     "FamilySpec",
     "family_spec",
-    "augment_batch",
-    "normalize_batch",
     "imagenet_transform",
 ]
 
@@ -103,51 +98,12 @@ def family_spec(
     raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
 
 
-def normalize_batch(
-    x: np.ndarray, spec: FamilySpec, *, out_size: int | None = None
-) -> torch.Tensor:
-    """uint8 [B, C, H, W] → float32 [B, C, S, S] normalised ((x/255 − mean)/std); resized
-    (bilinear) when ``out_size`` differs from H."""
-    scale = (1.0 / (255.0 * np.asarray(spec.std, dtype=np.float32)))[None, :, None, None]
-    shift = (np.asarray(spec.mean, dtype=np.float32) / np.asarray(spec.std, dtype=np.float32))[
-        None, :, None, None
-    ]
-    y = x.astype(np.float32)
-    y *= scale
-    y -= shift
-    t = torch.from_numpy(y)
-    if out_size is not None and out_size != t.shape[-1]:
-        t = F.interpolate(t, size=(out_size, out_size), mode="bilinear", align_corners=False)
-    return t
-
-
-def augment_batch(x: np.ndarray, spec: FamilySpec, *, rng: np.random.Generator) -> np.ndarray:
-    """Random shift (zero pad ``spec.pad`` + random crop back to H×W) and, if ``spec.flip``,
-    a random horizontal flip, independently per image.
-
-    x: uint8 [B, C, H, W] → uint8 [B, C, H, W] (a new array). Numpy, one gather per batch:
-    torch's per-op overhead dominates at these sizes, numpy's does not.
-    """
-    b, _, h, w = x.shape
-    p = spec.pad
-    if p > 0:
-        padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-        oy = rng.integers(0, 2 * p + 1, b)
-        ox = rng.integers(0, 2 * p + 1, b)
-        windows = sliding_window_view(padded, (h, w), axis=(2, 3))  # [B, C, 2p+1, 2p+1, H, W]
-        out = windows[np.arange(b), :, oy, ox]  # [B, C, H, W], a copy
-    else:
-        out = x.copy()
-    if spec.flip:
-        flip = rng.random(b) < 0.5
-        out[flip] = out[flip][..., ::-1]
-    return out
-
-
 def imagenet_transform(
-    *, train: bool, size: int = 224, spec: FamilySpec | None = None
-) -> Callable[[object], torch.Tensor]:
-    """torchvision transform: PIL image → float32 [3, size, size] normalised.
+    *, train: bool, size: int = 224, spec: FamilySpec | None = None, normalize: bool = True
+) -> Callable[[object], Any]:
+    """torchvision transform: PIL image → float32 [3, size, size] normalised, or with
+    ``normalize=False`` uint8 [3, size, size] (a quarter of the bytes to copy; the loaders
+    normalise on the training device).
 
     train: RandomResizedCrop(size) + flip + ColorJitter(0.4, 0.4, 0.4, 0);
     eval: Resize(size·256/224) + CenterCrop(size).
@@ -164,4 +120,6 @@ def imagenet_transform(
         ]
     else:
         ops = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
+    if not normalize:
+        return T.Compose([*ops, T.PILToTensor()])
     return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])

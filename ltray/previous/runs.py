@@ -126,7 +126,7 @@ def load_submodule(module: nn.Module, state: dict[str, Tensor], *, prefix: str, 
 
 def build_device(cfg: Config) -> torch.device:
     """The device the loop trains on (build-time passes run there, then the net moves back)."""
-    if cfg.scaling.use_gpu and torch.cuda.is_available():
+    if cfg.scaling.use_gpu in (True, "auto") and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

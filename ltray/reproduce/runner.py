@@ -142,11 +142,18 @@ def posthoc_task(
 # ------------------------------------------------------------------------------ [1] driver
 
 
+def _resolved(cfg: Config) -> Config:
+    from ltray.resources import cluster_resources, resolve_scaling
+
+    return resolve_scaling(cfg, cluster_resources())
+
+
 def _resources(cfg: Config) -> dict[str, Any]:
-    sc = cfg.scaling
+    sc = _resolved(cfg).scaling
     if sc.num_workers > 1:
         return {"num_cpus": 0, "resources": {TRAIN_DRIVER: 1}}
-    return {"num_cpus": sc.cpus_per_worker, "num_gpus": 1 if sc.use_gpu else 0}
+    res = sc.worker_resources()
+    return {"num_cpus": res["CPU"], "num_gpus": res.get("GPU", 0)}
 
 
 def _start_ray(plan: Plan, address: str | None, num_cpus: int | None) -> bool:
@@ -222,12 +229,13 @@ def _slots(plan: Plan) -> int:
     the queue in priority order instead of Ray's first-come order)."""
     import ray
 
-    sc = Config.model_validate(plan.base).scaling
+    sc = _resolved(Config.model_validate(plan.base)).scaling
     total = ray.cluster_resources()
     per_run = sc.cpus_per_worker * max(1, sc.num_workers)
     slots = max(1, int(total.get("CPU", 1) // per_run))
-    if sc.use_gpu and total.get("GPU", 0) >= 1:
-        slots = min(slots, max(1, int(total["GPU"] // max(1, sc.num_workers))))
+    if sc.gpu() and total.get("GPU", 0) > 0:
+        per_gpu = sc.gpus_per_worker * max(1, sc.num_workers)
+        slots = min(slots, max(1, int(total["GPU"] // per_gpu)))
     return slots
 
 

@@ -34,6 +34,7 @@ STATE_FILE = "state.pt"
 class LoopContext(Protocol):
     world_size: int
     rank: int
+    local_rank: int  # index of this worker among the workers of its node (picks its GPU)
 
     def report(self, metrics: dict[str, Any], state_path: Path | None) -> None:
         """Report one epoch's metrics; ``state_path`` (rank 0) is a checkpoint file to keep."""
@@ -48,6 +49,7 @@ class LocalContext:
 
     world_size: int = 1
     rank: int = 0
+    local_rank: int = 0
 
     def __post_init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
@@ -79,6 +81,7 @@ class RayTrainContext:
         ctx = ray.train.get_context()
         self.world_size = ctx.get_world_size()
         self.rank = ctx.get_world_rank()
+        self.local_rank = ctx.get_local_rank()
         self._restore_dir: str | None = None
 
     def report(self, metrics: dict[str, Any], state_path: Path | None) -> None:
@@ -111,6 +114,7 @@ class TuneContext:
 
     world_size = 1
     rank = 0
+    local_rank = 0
 
     def report(self, metrics: dict[str, Any], state_path: Path | None) -> None:
         from ray import tune

@@ -6,46 +6,75 @@ with a full-pass memory over the train split, eval transforms), ``kt`` (the KT h
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ltray.fusion.cache import SplitArrays
 from ltray.metrics import HeadMetrics, evaluate_logits
 from ltray.models import LTNet, class_sums, ncm_logits, normalize
 
-__all__ = ["HEADS", "extract", "full_pass_sums", "head_logits", "evaluate_heads", "flat_metrics"]
+__all__ = [
+    "HEADS",
+    "to_device",
+    "extract",
+    "full_pass_sums",
+    "head_logits",
+    "evaluate_heads",
+    "flat_metrics",
+]
 
 HEADS = ("linear", "ncm_ema", "ncm_full", "kt")
 
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
-@torch.no_grad()
-def extract(net: LTNet, loader: DataLoader, device: torch.device) -> SplitArrays:
+
+def to_device(x: torch.Tensor, device: torch.device, *, channels_last: bool) -> torch.Tensor:
+    """Images onto ``device`` (asynchronously from pinned memory) in the model's memory format;
+    a no-op for batches already made there (:class:`~ltray.data.device.DeviceBatches`)."""
+    if channels_last and x.dim() == 4:
+        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return x.to(device, non_blocking=True)
+
+
+@torch.inference_mode()
+def extract(
+    net: LTNet, loader: Batches, device: torch.device, *, channels_last: bool = True
+) -> SplitArrays:
     """Run ``net`` in eval mode over ``loader``: features [N, d], logits [N, C], labels [N]."""
     was_training = net.training
     net.eval()
     feats, logits, kt, labels = [], [], [], []
     for x, y in loader:
-        out = net(x.to(device, non_blocking=True))
-        feats.append(out.features.float().cpu())
-        logits.append(out.logits.float().cpu())
+        out = net(to_device(x, device, channels_last=channels_last))
+        feats.append(out.features.float())
+        logits.append(out.logits.float())
         if out.kt_logits is not None:
-            kt.append(out.kt_logits.float().cpu())
+            kt.append(out.kt_logits.float())
         labels.append(torch.as_tensor(y))
     net.train(was_training)
+
+    def host(parts: list[torch.Tensor]) -> np.ndarray:
+        return torch.cat(parts).cpu().numpy()  # one device-to-host copy per array
+
     return SplitArrays(
-        features=torch.cat(feats).numpy(),
-        logits=torch.cat(logits).numpy(),
-        labels=torch.cat(labels).numpy().astype(np.int64),
-        kt_logits=torch.cat(kt).numpy() if kt else None,
+        features=host(feats),
+        logits=host(logits),
+        labels=host(labels).astype(np.int64),
+        kt_logits=host(kt) if kt else None,
     )
 
 
-@torch.no_grad()
+@torch.no_grad()  # not inference_mode: the sums are all-reduced in place afterwards
 def full_pass_sums(
-    net: LTNet, loader: DataLoader, device: torch.device, num_classes: int
+    net: LTNet,
+    loader: Batches,
+    device: torch.device,
+    num_classes: int,
+    *,
+    channels_last: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class sums [C, d] and counts [C] of normalised features over ``loader`` (eval mode)."""
     was_training = net.training
@@ -53,7 +82,7 @@ def full_pass_sums(
     sums: torch.Tensor | None = None
     counts = torch.zeros(num_classes, device=device)
     for x, y in loader:
-        h = net.backbone(x.to(device, non_blocking=True)).float()
+        h = net.backbone(to_device(x, device, channels_last=channels_last)).float()
         s, c = class_sums(normalize(h), torch.as_tensor(y, device=device), num_classes)
         sums = s if sums is None else sums + s
         counts += c

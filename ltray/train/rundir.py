@@ -17,7 +17,6 @@ RUN_DIR/
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from ltray.config import Config, config_hash
 from ltray.fusion.cache import SplitArrays, write_meta, write_split
 from ltray.metrics import GROUP_NAMES, HeadMetrics
+from ltray.train.tables import render_table, results_table
 
 __all__ = [
     "checkpoint_path",
@@ -169,48 +169,3 @@ def write_results(run_dir: Path, cfg: Config, data: Any, results: dict[str, Any]
 
     per_class_plot(out, run_dir / "per_class.png")
     return out
-
-
-HEAD_LABELS = {
-    "linear": "linear",
-    "ncm_ema": "NCM (EMA)",
-    "ncm_full": "NCM (full pass)",
-    "kt": "KT head",
-}
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
-
-
-def results_table(results: dict[str, Any]) -> Any:
-    """The Many / Medium / Few / Overall (test) table of every head, as a rich Table."""
-    from rich.table import Table
-
-    table = Table(title=f"test accuracy (%) — best-val epoch {results['best_epoch']}")
-    for col in ("head", "Many", "Medium", "Few", "Overall", "top-5", "ECE", "val overall"):
-        table.add_column(col, justify="left" if col == "head" else "right", no_wrap=True)
-    for head, per_split in results["heads"].items():
-        t, v = per_split["test"], per_split["val"]
-        table.add_row(
-            HEAD_LABELS.get(head, head),
-            _pct(t["many"]),
-            _pct(t["medium"]),
-            _pct(t["few"]),
-            _pct(t["overall"]),
-            _pct(t["top5"]),
-            _pct(t["ece"]),
-            _pct(v["overall"]),
-        )
-    if results.get("val_protocol") == "test":
-        table.caption = "val protocol 'test': val IS the test set (papers' protocol)"
-    return table
-
-
-def render_table(results: dict[str, Any]) -> str:
-    """:func:`results_table` as plain text."""
-    from rich.console import Console
-
-    console = Console(width=110, record=True, file=io.StringIO(), color_system=None)
-    console.print(results_table(results))
-    return console.export_text()

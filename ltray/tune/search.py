@@ -26,9 +26,18 @@ from typing import Any
 from ltray.config import Config
 from ltray.errors import ConfigError, RunDirError
 from ltray.paths import sweeps_dir
+from ltray.resources import check_fits, cluster_resources, local_resources, resolve_scaling
 from ltray.tune.space import POSTHOC, Space, to_tune
 
-__all__ = ["SweepOptions", "run_sweep", "train_trial", "posthoc_trial", "sweep_paths", "plan"]
+__all__ = [
+    "SweepOptions",
+    "run_sweep",
+    "train_trial",
+    "posthoc_trial",
+    "sweep_paths",
+    "plan",
+    "trial_resources",
+]
 
 TRAIN_DRIVER = "train_driver"  # custom resource of a nested trial's Train driver (see DESIGN)
 
@@ -215,6 +224,8 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
     num_samples = opts.num_samples or s.num_samples
     max_concurrent = opts.max_concurrent or s.max_concurrent
     space = _select_head_from_metric(space)
+    if opts.address is None:  # a local sweep: decide and check resources before Ray starts
+        _fit_resources(space, local_resources(), "machine")
     local.mkdir(parents=True, exist_ok=True)
     from ltray.tracking import mlflow_params, resolve_tracking_uri
 
@@ -241,6 +252,8 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
     )
     import ray
 
+    if opts.address is not None:
+        _fit_resources(space, cluster_resources(), "cluster")
     if nested and ray.cluster_resources().get(TRAIN_DRIVER, 0) < 1:
         raise ConfigError(
             f"the cluster at {opts.address} has no {TRAIN_DRIVER!r} resource for nested trials; "
@@ -355,20 +368,39 @@ def _select_head_from_metric(space: Space) -> Space:
     return space
 
 
+def _fit_resources(space: Space, have: dict[str, float], what: str) -> None:
+    """Resolve ``scaling.use_gpu=auto`` for the sweep and refuse trials that can never run."""
+    space.base = resolve_scaling(space.base, have)
+    if space.spec.kind != POSTHOC:
+        check_fits(space.base.scaling, have, what=what)
+
+
+def trial_resources(base: Config, kind: str) -> dict[str, float]:
+    """What Ray reserves for one trial's own process (``base.scaling.use_gpu`` resolved).
+
+    A post-hoc fit takes one CPU; a single-worker training trial runs the loop in its own
+    process and takes one worker's share (``scaling.gpus_per_worker=0.25`` packs four such
+    trials on a GPU); a multi-worker trial only drives a nested Train run, whose workers
+    reserve their own resources, so it takes the custom ``train_driver`` resource, not a core.
+    """
+    sc = base.scaling
+    if kind == POSTHOC:
+        return {"CPU": 1.0}
+    if sc.num_workers <= 1:
+        return sc.worker_resources()
+    return {TRAIN_DRIVER: 1.0}
+
+
 def _trainable(space: Space, local: Path, from_run: str | None) -> Any:
     from ray import tune
 
     meta = {"base": space.base.model_dump(mode="json"), "sweep_dir": str(local)}
-    sc = space.base.scaling
+    resources = trial_resources(space.base, space.spec.kind)
     if space.spec.kind == POSTHOC:
         meta.update(method=space.spec.method, from_run=from_run)
-        fn, resources = posthoc_trial, {"CPU": 1}
-    elif sc.num_workers <= 1:
-        fn = train_trial
-        resources = {"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})}
+        fn = posthoc_trial
     else:
-        # The trial process only drives Train: give it a custom resource, not a core.
-        fn, resources = train_trial, {TRAIN_DRIVER: 1}
+        fn = train_trial
 
     def trial(config: dict[str, Any]) -> None:
         fn({**config, "__ltray__": meta})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ltray.config import load_config
+from ltray.errors import ConfigError
 from ltray.fusion.cache import read_cache
 from ltray.train.context import LocalContext
 from ltray.train.loop import load_state, run_training
@@ -105,3 +107,67 @@ def test_warmup_step_and_cosine_schedules() -> None:
     assert lr_factor(cos, 0) == 1.0
     assert lr_factor(cos, 5) == pytest.approx(0.5)
     assert lr_factor(cos, 10) == pytest.approx(0.0)
+
+
+def test_full_pass_ncm_is_scored_when_its_pass_is_done_anyway(tmp_path: Path) -> None:
+    final = LocalContext()
+    run_training(load_config(None, TINY), tmp_path / "final", final, finalize=False)
+    # eval.ncm_full=final (default): the memory's init pass (end of epoch 1) gives it; later
+    # epochs skip the extra pass over the train split.
+    assert ["val_ncm_full_overall" in r for r in final.reports] == [True, False, False]
+    assert all(r["memory_init_s"] == 0 for r in final.reports[1:])
+    assert final.reports[0]["memory_init_s"] > 0
+    every = LocalContext()
+    run_training(
+        load_config(None, [*TINY, "eval.ncm_full=every"]), tmp_path / "every", every, finalize=False
+    )
+    assert all("val_ncm_full_overall" in r for r in every.reports)
+    with pytest.raises(ConfigError, match="eval.select_head=ncm_full needs .* eval.ncm_full=every"):
+        load_config(None, ["eval.select_head=ncm_full"])
+
+
+def test_final_pass_on_the_weights_in_memory_equals_a_fresh_reload(tmp_path: Path) -> None:
+    """When the last epoch is the best, the final evaluation skips the reload and reuses that
+    epoch's val pass; otherwise it reloads best.pt. Either way the cache must equal what best.pt
+    gives when evaluated from scratch."""
+    from ltray.data import make_loader, prepare_data
+    from ltray.models import build_network
+    from ltray.train.evaluate import extract
+
+    best_epochs = set()
+    for head in ("linear", "ncm_ema"):  # seeded: linear peaks last, the EMA memory first
+        run = tmp_path / head
+        cfg = load_config(None, [*TINY, f"eval.select_head={head}"])
+        results = run_training(cfg, run, LocalContext())
+        best_epochs.add(results["best_epoch"])
+        data = prepare_data(cfg.data)
+        net = build_network(cfg, num_classes=10, in_channels=1, small_input=True)
+        net = net.to(memory_format=torch.channels_last)
+        net.load_state_dict(load_state(run / "checkpoints" / "best.pt")["model"])
+        cache = read_cache(run)
+        for split in ("train", "val", "test"):
+            # Rows in the split's list-file order (train included: no shuffled cache).
+            assert np.array_equal(getattr(cache, split).labels, data.labels(split))
+            loader = make_loader(data, split, batch_size=256, augment=False, shuffle=False)
+            fresh = extract(net, loader, torch.device("cpu"))
+            torch.testing.assert_close(getattr(cache, split).logits, fresh.logits)
+        timing = json.loads((run / "timing.json").read_text())
+        assert {"setup_s", "train_s", "eval_s", "memory_init_s", "final_s"} <= set(timing)
+        assert timing["loop_s"] >= timing["train_s"] + timing["eval_s"] + timing["final_s"]
+    assert best_epochs == {1, 3}  # both paths were taken
+
+
+def test_compiled_training_forward_matches_eager(tmp_path: Path) -> None:
+    # aot_eager traces forward and backward through dynamo + AOT autograd as inductor does,
+    # without generating kernels (seconds instead of minutes on a CPU): same numbers as eager.
+    args = [*TINY, "train.epochs=1"]
+    eager, compiled = LocalContext(), LocalContext()
+    run_training(load_config(None, args), tmp_path / "eager", eager, finalize=False)
+    on = ["train.compile=true", "train.compile_backend=aot_eager"]
+    run_training(load_config(None, [*args, *on]), tmp_path / "compiled", compiled, finalize=False)
+    assert compiled.reports[0]["train_loss"] == pytest.approx(
+        eager.reports[0]["train_loss"], rel=1e-4
+    )
+    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=key)

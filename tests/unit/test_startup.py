@@ -1,0 +1,107 @@
+"""What `ltray train` pays before its loop starts: imports, data validation, Ray's helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def test_the_driver_validates_data_without_importing_torch() -> None:
+    code = (
+        "import sys\n"
+        "from ltray.config import load_config\n"
+        "import ltray.commands.train, ltray.train.driver, ltray.train.tables, ltray.resources\n"
+        "from ltray.data import prepare_data\n"
+        "prepare_data(load_config(None, []).data)\n"
+        "heavy = sorted(m for m in ('torch', 'sklearn', 'torchvision') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imported at validation: {out.stdout}"
+
+
+def test_digits_read_from_the_bundled_file_equal_load_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    from ltray.data.sources import _load_digits
+
+    images, labels = _load_digits()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
+
+
+def test_lean_trainer_leaves_out_the_helpers_a_private_ray_does_not_use() -> None:
+    import ray.train
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from ltray.train.lean import UNUSED_CALLBACKS, lean_trainer_class
+
+    def loop() -> None:
+        pass
+
+    kwargs = {"scaling_config": ray.train.ScalingConfig(num_workers=1)}
+    stock = {
+        type(cb).__name__ for cb in DataParallelTrainer(loop, **kwargs)._create_default_callbacks()
+    }
+    lean_cls = lean_trainer_class(DataParallelTrainer)
+    lean = {type(cb).__name__ for cb in lean_cls(loop, **kwargs)._create_default_callbacks()}
+    # The hook still exists in this Ray and still creates both helpers: the lean trainer
+    # really drops something (if Ray renames them, this test says so).
+    assert set(UNUSED_CALLBACKS) <= stock
+    assert lean == stock - set(UNUSED_CALLBACKS)
+    assert issubclass(lean_cls, DataParallelTrainer)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_deprioritize_lowers_ray_helpers_but_not_training_workers(tmp_path: Path) -> None:
+    """A fake run: driver → (gcs, raylet → (controller, RayTrainWorker)). Called for the
+    worker, the function lowers gcs and controller, and leaves the worker, raylet, driver."""
+    from ltray.train.priority import NICENESS, deprioritize_ray_helpers
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    sleeper = "import sys, time, os; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+    raylet_code = (
+        "import subprocess, sys, time, os\n"
+        f"p = {str(pids)!r}\n"
+        "open(p + '/raylet', 'w').write(str(os.getpid()))\n"
+        f"s = {sleeper!r}\n"
+        "subprocess.Popen([sys.executable, '-c', s, p + '/controller', 'ray::TrainController'])\n"
+        "subprocess.Popen([sys.executable, '-c', s, p + '/worker', 'ray::RayTrainWorker'])\n"
+        "time.sleep(60)\n"
+    )
+    driver_code = (
+        "import subprocess, sys, time\n"
+        f"p = {str(pids)!r}\n"
+        f"s = {sleeper!r}\n"
+        "subprocess.Popen([sys.executable, '-c', s, p + '/gcs', 'gcs_server'])\n"
+        f"subprocess.Popen([sys.executable, '-c', {raylet_code!r}])\n"
+        "time.sleep(60)\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", driver_code])
+    try:
+        names = ("gcs", "raylet", "controller", "worker")
+        deadline = time.time() + 30
+        while not all((pids / n).is_file() and (pids / n).read_text() for n in names):
+            assert time.time() < deadline, "fake process tree did not start"
+            time.sleep(0.1)
+        pid = {n: int((pids / n).read_text()) for n in names}
+        changed = deprioritize_ray_helpers(worker=pid["worker"])
+        assert sorted(changed) == sorted([pid["gcs"], pid["controller"]])
+        nice = {n: os.getpriority(os.PRIO_PROCESS, p) for n, p in pid.items()}
+        assert nice["gcs"] == nice["controller"] == NICENESS
+        assert nice["worker"] == nice["raylet"] == os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, driver.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        subprocess.run(["pkill", "-P", str(driver.pid)], check=False)
+        for p in pids.iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(p.read_text()), 9)
+        driver.kill()
