@@ -135,6 +135,17 @@ class KTConfig(_Section):
     phi: float = Field(0.8, description="weight of the distillation term, in [0, 1]")
     temperature: float = Field(1.0, gt=0)
     detach_feature: bool = Field(True, description="the KT head sees detached features")
+    mask: Literal["correct", "all"] = Field(
+        "correct",
+        description="which samples are distilled: 'correct' = where the NCM teacher is right "
+        "(the dynamic mask of METHODS §5), 'all' = every sample",
+    )
+    class_balance: bool = Field(
+        False,
+        description="weight each sample's KT loss by N/(C*n_y): the KT branch then sees every "
+        "class equally often in expectation, as under class-balanced sampling (the linear "
+        "head and backbone keep instance sampling)",
+    )
 
     @field_validator("phi")
     @classmethod

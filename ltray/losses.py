@@ -92,6 +92,7 @@ def kt_branch_loss(
     *,
     phi: float,
     temperature: float,
+    mask: str = "correct",
     reduction: Reduction = "mean",
 ) -> Tensor:
     """Second-branch (knowledge-transfer) loss L₂ of METHODS §5.
@@ -116,6 +117,8 @@ def kt_branch_loss(
         y: [B] labels.
         phi: φ ∈ [0, 1], the weight of the distillation term on teacher-correct samples.
         temperature: T > 0.
+        mask: ``correct`` (the dynamic mask above) or ``all`` (m_i = 1 wherever the memory
+            has a teacher: every sample is distilled, right or wrong).
         reduction: ``mean`` | ``sum`` | ``none`` ([B] per-sample ℓ_i).
     """
     z_s = z_s.float()
@@ -131,7 +134,9 @@ def kt_branch_loss(
     # it a finite stand-in so its (unused) softmax is not NaN, which would poison the backward.
     has_teacher = torch.isfinite(zt).any(dim=1)
     zt = torch.where(has_teacher.unsqueeze(1), zt, 0.0)
-    mask = has_teacher & (zt.argmax(dim=1) == y)
+    if mask not in ("correct", "all"):
+        raise ValueError(f"mask must be 'correct' or 'all', got {mask!r}")
+    m = has_teacher & (zt.argmax(dim=1) == y) if mask == "correct" else has_teacher
 
     p_t = torch.softmax(zt / temperature, dim=1)  # exactly 0 where z̃_d = −inf
     log_p_s = torch.log_softmax(z_s / temperature, dim=1)
@@ -139,5 +144,5 @@ def kt_branch_loss(
     kl = (torch.special.xlogy(p_t, p_t) - p_t * log_p_s).sum(dim=1)
 
     distilled = (1.0 - phi) * ce + phi * temperature**2 * kl
-    per_sample = torch.where(mask, distilled, ce)
+    per_sample = torch.where(m, distilled, ce)
     return _reduce(per_sample, reduction)

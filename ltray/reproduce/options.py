@@ -9,6 +9,8 @@ validated by :class:`ReproduceOptions` (unknown keys and bad values rejected, al
       require: [data.root]          # keys that must be set (presets leave paths to the user)
       overrides:                    # dotted overrides per kind of run
         oltr: [train.epochs=60]
+      row_seeds: {oltr: 1}          # costly rows on fewer seeds (0..n-1)
+      shared_stage1: false          # true: one KT run per seed also serves CE and post hoc
       posthoc: {llw: {lr: 0.2}}     # settings of post-hoc methods (`ltray fuse --list`)
       mixup:
         enabled: true
@@ -141,6 +143,16 @@ class ReproduceOptions(_Strict):
     overrides: dict[str, list[str]] = Field(
         default_factory=dict, description="dotted overrides per run kind (ce, kt, oltr, ...)"
     )
+    row_seeds: dict[str, int] = Field(
+        default_factory=dict,
+        description="fewer seeds for costly rows, e.g. {oltr: 1, lfme: 1}: seeds 0..n-1 only",
+    )
+    shared_stage1: bool = Field(
+        False,
+        description="one KT run per seed serves the CE row (its linear head), the KT row, OLTR's "
+        "stage 1 and every post-hoc row: with kt.detach_feature=true its backbone and linear "
+        "head are trained by CE alone, so a separate CE run would repeat it",
+    )
     posthoc: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="settings per post-hoc method"
     )
@@ -165,6 +177,21 @@ class ReproduceOptions(_Strict):
             raise ValueError(f"unknown run kind(s) {unknown}; known: {', '.join(RUN_KINDS)}")
         return v
 
+    @field_validator("row_seeds")
+    @classmethod
+    def _row_seeds(cls, v: dict[str, int]) -> dict[str, int]:
+        unknown = [k for k in v if k not in ROW_NAMES]
+        if unknown:
+            raise ValueError(f"unknown row(s) {unknown}; known: {', '.join(ROW_NAMES)}")
+        bad = {k: n for k, n in v.items() if n < 1}
+        if bad:
+            raise ValueError(f"every row needs at least one seed, got {bad}")
+        return v
+
+    def seeds_of(self, row: str) -> int:
+        """How many seeds (0..n-1) row ``row`` is run for."""
+        return min(self.seeds, self.row_seeds.get(row, self.seeds))
+
     @model_validator(mode="after")
     def _posthoc(self) -> ReproduceOptions:
         unknown = [m for m in self.posthoc if m not in POSTHOC_ROWS]
@@ -178,9 +205,16 @@ class ReproduceOptions(_Strict):
         """The requested rows of the main table, in table order."""
         return [r for r in ROWS if r.name in self.methods]
 
+    @property
+    def ce_run(self) -> str:
+        """The run kind whose linear head and cache are the CE baseline's."""
+        return "kt" if self.shared_stage1 else "ce"
+
     def needed_runs(self) -> set[str]:
         """Stage-1 run kinds the requested rows (and the mixup study) read."""
         runs = {r.run for r in self.rows() if r.run}
         if any(r.posthoc for r in self.rows()) or "oltr" in runs or self.mixup.cells():
             runs.add("ce")  # post-hoc rows, OLTR's stage 1 and the mixup reference need it
+        if self.shared_stage1 and "ce" in runs:
+            runs = (runs - {"ce"}) | {"kt"}
         return runs

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ltray.config import Config, apply_overrides
-from ltray.errors import RunDirError
+from ltray.errors import ConfigError, RunDirError
 from ltray.metrics import GROUP_NAMES
 from ltray.reproduce.options import ReproduceOptions
 
@@ -109,7 +109,12 @@ class Plan:
 
     def row_run(self, row: str, seed: int) -> str:
         """The run id a main-table row reads for ``seed`` (stage-1 rows only)."""
-        return f"seed-{seed}/{_RUN_OF_ROW[row]}"
+        run = self.opts.ce_run if row == "ce" else _RUN_OF_ROW[row]
+        return f"seed-{seed}/{run}"
+
+    def ce_run(self, seed: int) -> str:
+        """The run whose cache the post-hoc rows read and OLTR builds on, for ``seed``."""
+        return f"seed-{seed}/{self.opts.ce_run}"
 
 
 def _cell_id(seed: int, variant: str, alpha: float | None, sampler: str) -> str:
@@ -122,23 +127,24 @@ def _seed_runs(cfg: Config, opts: ReproduceOptions, seed: int, groups: list[str]
     need = opts.needed_runs()
     prefix = f"seed-{seed}"
     common = {"train.seed": seed}
+    ce = f"{prefix}/{opts.ce_run}"
     runs: list[RunSpec] = []
     if "ce" in need:
         runs.append(RunSpec(f"{prefix}/ce", "ce", seed, {**common, "train.method": "ce"}))
     if "kt" in need:
         runs.append(RunSpec(f"{prefix}/kt", "kt", seed, {**common, "train.method": "kt"}))
-    if "oltr" in need:
+    if "oltr" in need and seed < opts.seeds_of("oltr"):
         runs.append(
             RunSpec(
                 f"{prefix}/oltr",
                 "oltr",
                 seed,
                 {**common, "train.method": "oltr"},
-                refs={"oltr.stage1": f"{prefix}/ce"},
-                depends=[f"{prefix}/ce"],
+                refs={"oltr.stage1": ce},
+                depends=[ce],
             )
         )
-    if "lfme" in need:
+    if "lfme" in need and seed < opts.seeds_of("lfme"):
         experts = []
         for name in groups:  # one expert per non-empty shot group
             values: dict[str, Any] = {
@@ -174,7 +180,7 @@ def _mixup(cfg: Config, opts: ReproduceOptions, seed: int) -> tuple[list[RunSpec
     base = {"train.seed": seed, "train.method": "ce"}
     for sampler in opts.mixup.samplers:
         if sampler == cfg.data.sampler:
-            ref = f"seed-{seed}/ce"  # the CE run is this sampler's no-mixup reference
+            ref = f"seed-{seed}/{opts.ce_run}"  # the CE run: this sampler's no-mixup reference
         else:
             ref = _cell_id(seed, "none", None, sampler)
             runs.append(RunSpec(ref, "mixup", seed, {**base, "data.sampler": sampler}))
@@ -200,6 +206,11 @@ def build_plan(
     """Every run of every seed (pure: no I/O). ``groups_present``: the non-empty shot groups of
     the split ("many", "medium", "few"), one LFME expert each."""
     groups = [g for g in GROUP_NAMES if g in groups_present]
+    if opts.shared_stage1 and not cfg.kt.detach_feature:
+        raise ConfigError(
+            "reproduce.shared_stage1=true reads the CE baseline from the KT run, which needs a "
+            "backbone trained by CE alone: set kt.detach_feature=true or shared_stage1=false"
+        )
     runs: list[RunSpec] = []
     mixup_rows: dict[str, MixupRow] = {}
     for seed in range(opts.seeds):

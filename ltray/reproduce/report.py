@@ -64,6 +64,8 @@ def collect_records(plan: Plan, out_dir: Path) -> list[Record]:
     records: list[Record] = []
     for seed in plan.seeds:
         for spec in plan.opts.rows():
+            if seed >= plan.opts.seeds_of(spec.name):
+                continue  # a row run on fewer seeds (reproduce.row_seeds)
             if spec.posthoc:
                 path = posthoc_path(out_dir, seed, spec.posthoc)
                 if path.is_file():
@@ -93,6 +95,13 @@ def describe_data(plan: Plan) -> str:
 
 def _captions(plan: Plan) -> tuple[str, str]:
     n = plan.opts.seeds
+    ce = plan.opts.ce_run
+    shared = (
+        " One kt run per seed serves CE, KT and the post-hoc rows: its backbone and linear head "
+        "are trained by CE alone (kt.detach_feature=true)."
+        if plan.opts.shared_stage1
+        else ""
+    )
     seeds = "train.seed = 0" if n == 1 else f"train.seed = 0..{n - 1}"
     spread = "one seed, no std" if n == 1 else f"mean ± sample std over {n} seeds"
     common = (
@@ -100,9 +109,9 @@ def _captions(plan: Plan) -> tuple[str, str]:
         "— = absent (empty group or no run)."
     )
     main = (
-        f"{common}\nCE = linear head of the ce run; KT = KT head of the kt run; OLTR = its stage 2 "
-        "on the ce run; LFME = the student. ASM, LLW and every row below the rule are post-hoc "
-        "methods over the CE run's cache (choices on val)."
+        f"{common}\nCE = linear head of the {ce} run; KT = KT head of the kt run; OLTR = its "
+        f"stage 2 on the {ce} run; LFME = the student. ASM, LLW and every row below the rule "
+        f"are post-hoc methods over the {ce} run's cache (choices on val).{shared}"
     )
     mix = (
         f"{common}\nrows variant / α / sampler, train.method=ce, linear head; 'none' = no mixup "

@@ -198,7 +198,7 @@ def _jobs(plan: Plan, out_dir: Path) -> list[_Job]:
     todo = {r.id for r in pending_runs(plan, out_dir)}
     jobs: list[_Job] = []
     for seed, methods in pending_posthoc(plan, out_dir).items():
-        ce = f"seed-{seed}/ce"
+        ce = plan.ce_run(seed)
         args = (str(out_dir / ce), str(out_dir), seed, methods, plan.opts.posthoc)
         opts = {"name": f"seed-{seed}/posthoc", "num_cpus": 1}
         jobs.append(

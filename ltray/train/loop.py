@@ -210,6 +210,7 @@ def run_training(
             loader.sampler.set_epoch(epoch)
         net.train()
         t0, seen, loss_sum, parts_sum = time.time(), 0, 0.0, {}
+        tallies: dict[str, tuple[Any, Any]] = {}
         last_print = t0
         for i, (x, y) in enumerate(loader):
             x, y = to_device(x, device, channels_last=cl), y.to(device, non_blocking=True)
@@ -229,10 +230,15 @@ def run_training(
                 memory.step(
                     res.out.features.detach().float(), res.memory_labels, all_reduce=world > 1
                 )
-            seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
+            # Sums stay tensors on the device until the epoch ends: no host sync per step.
+            n = len(y)
+            seen += n
+            loss_sum = loss_sum + loss.detach() * n
             for key, v in res.parts.items():
-                parts_sum[key] = parts_sum.get(key, 0.0) + v * len(y)
+                parts_sum[key] = parts_sum.get(key, 0.0) + v * n
+            for key, (hits, total) in res.tallies.items():
+                hits_so_far, total_so_far = tallies.get(key, (0.0, 0.0))
+                tallies[key] = (hits_so_far + hits, total_so_far + total)
             if is_main and time.time() - last_print > 15:
                 last_print = time.time()
                 rate = seen / (last_print - t0)
@@ -257,8 +263,9 @@ def run_training(
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": lr,
-            "train_loss": loss_sum / max(seen, 1),
-            **{f"train_{key}": v / max(seen, 1) for key, v in parts_sum.items()},
+            "train_loss": float(loss_sum) / max(seen, 1),
+            **{f"train_{key}": float(v) / max(seen, 1) for key, v in parts_sum.items()},
+            **{f"train_{k}": float(h) / float(t) for k, (h, t) in tallies.items() if float(t)},
             "images_per_s": seen * world / max(train_time, 1e-9),
             "epoch_time_s": train_time,
         }

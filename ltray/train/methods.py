@@ -23,6 +23,7 @@ from torch import nn
 
 from ltray.config import Config
 from ltray.losses import LOSSES, kt_branch_loss
+from ltray.metrics import GROUP_NAMES
 from ltray.mixup import MixPlan, apply_mix, dominant_labels, mixed_loss, sample_mixup
 from ltray.models import LTNet, NetOutput, build_network, d_scale
 from ltray.registry import Registry
@@ -52,10 +53,19 @@ class StepContext:
 
 @dataclass
 class StepResult:
+    """One step's loss and what the loop records of it.
+
+    ``parts``: per-sample means (averaged over the epoch weighted by batch size);
+    ``tallies``: (hits, total) pairs summed over the epoch and reported as hits / total, e.g.
+    the KT mask rate of one shot group. Values may be floats or 0-d tensors; tensors stay on
+    the device until the epoch ends (no host sync per step on a GPU).
+    """
+
     loss: torch.Tensor
     out: NetOutput
     memory_labels: torch.Tensor  # labels for the memory's EMA update ([B])
-    parts: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)
+    tallies: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 class TrainMethod(Protocol):
@@ -151,7 +161,8 @@ class StandardMethod:
         loss = batch_loss(
             lambda t: cls_fn(out.logits, t, class_counts=sc.class_counts, reduction="none")
         )
-        parts = {"loss_cls": float(loss.detach())}
+        parts: dict[str, Any] = {"loss_cls": loss.detach()}
+        tallies: dict[str, tuple[Any, Any]] = {}
         if out.kt_logits is not None:
             kt_logits, memory = out.kt_logits, net.memory
             teacher = None  # before the memory exists the KT head learns by plain CE (§5)
@@ -159,20 +170,47 @@ class StandardMethod:
                 # Teacher: NCM logits from the EMA memory, d-scaled onto the linear range.
                 z_d = memory.logits(out.features.detach().float())
                 teacher = d_scale(out.logits.detach().float(), z_d)
-            loss_kt = batch_loss(
-                lambda t: kt_branch_loss(
+                tallies = _teacher_tallies(teacher, y, sc.groups)
+            weight = _class_balance(sc.class_counts) if cfg.kt.class_balance else None
+
+            def kt_loss(t: torch.Tensor) -> torch.Tensor:
+                per = kt_branch_loss(
                     kt_logits,
                     teacher,
                     t,
                     phi=cfg.kt.phi,
                     temperature=cfg.kt.temperature,
+                    mask=cfg.kt.mask,
                     reduction="none",
                 )
-            )
-            parts["loss_kt"] = float(loss_kt.detach())
+                return per if weight is None else per * weight[t]
+
+            loss_kt = batch_loss(kt_loss)
+            parts["loss_kt"] = loss_kt.detach()
             loss = loss + loss_kt
         labels = dominant_labels(y, plan) if plan is not None else y
-        return StepResult(loss, out, labels, parts)
+        return StepResult(loss, out, labels, parts, tallies)
+
+
+def _class_balance(class_counts: torch.Tensor) -> torch.Tensor:
+    """[C] weights N/(C·n_c): mean 1 under instance sampling, every class's total equal."""
+    counts = class_counts.float().clamp_min(1.0)
+    return counts.sum() / (len(counts) * counts)
+
+
+def _teacher_tallies(
+    teacher: torch.Tensor, y: torch.Tensor, groups: torch.Tensor
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Where the NCM teacher is right on this batch, per shot group: the KT mask rate (with
+    ``kt.mask=correct`` exactly the samples that are distilled). 0-d tensors, no host sync."""
+    right = (teacher.argmax(dim=1) == y).float()
+    g = groups.to(y.device)[y]
+    out = {}
+    for gid, name in enumerate(GROUP_NAMES):
+        sel = (g == gid).float()
+        out[f"kt_mask_{name}"] = ((right * sel).sum(), sel.sum())
+    out["kt_mask_overall"] = (right.sum(), torch.tensor(float(len(y)), device=y.device))
+    return out
 
 
 TRAIN_METHODS.register("kt")(lambda: StandardMethod(kt=True))

@@ -129,6 +129,10 @@ def write_cache(
         "linear_weight": net.linear.weight.detach().float().cpu().numpy(),
         "linear_bias": net.linear.bias.detach().float().cpu().numpy(),
     }
+    kt_head = getattr(net, "kt_head", None)
+    if kt_head is not None:  # the KT head's weights and bias, beside the linear head's
+        params["kt_weight"] = kt_head.weight.detach().float().cpu().numpy()
+        params["kt_bias"] = kt_head.bias.detach().float().cpu().numpy()
     if net.memory is not None and bool(net.memory.initialized):
         params["memory_ema"] = net.memory.means.detach().float().cpu().numpy()
         params["memory_ema_valid"] = net.memory.valid.detach().float().cpu().numpy()

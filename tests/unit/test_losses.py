@@ -134,3 +134,14 @@ def test_registry():
         LOSSES.get("ce")(
             torch.zeros(1, 2), torch.tensor([0]), class_counts=torch.ones(2), reduction="avg"
         )  # type: ignore[arg-type]
+
+
+def test_kt_loss_mask_all_distils_the_wrong_teacher_too():
+    l1, _, l3 = _by_hand()
+    # s2: teacher argmax 1, y = 0; with mask=all it is distilled too:
+    # p_T = softmax((0, 1)/2) = (σ(−.5), σ(.5)), p_S = softmax((0, 1)/2) = the same: KL = 0.
+    l2_all = (1 - PHI) * _ce2(0.0, 1.0, 0) + PHI * T**2 * 0.0
+    per = _kt([0, 1, 2], mask="all", reduction="none")
+    torch.testing.assert_close(per, torch.tensor([l1, l2_all, l3]))
+    with pytest.raises(ValueError, match="mask must be 'correct' or 'all'"):
+        _kt([0], mask="some")

@@ -173,3 +173,33 @@ def test_queue_runs_in_priority_order_and_skips_dependents_of_failures(
     assert set(outcome.trained) == {"kt", "mixup"}
     assert outcome.failed["ce"].startswith("RuntimeError: boom")
     assert outcome.failed["oltr"] == "not run: ce failed"
+
+
+def test_shared_stage1_reads_ce_and_post_hoc_from_the_kt_run(tmp_path: Path) -> None:
+    """cifar10-lt-30's layout: one kt run per seed serves CE, KT, OLTR's stage 1 and post hoc;
+    OLTR and LFME on seed 0 only."""
+    rep = load_reproduction("cifar10-lt-30", ["data.root=/nowhere"])
+    plan = build_plan(
+        rep.cfg, rep.raw, rep.options, groups_present=["many", "medium"], source="c30"
+    )
+    ids = [r.id for r in plan.runs]
+    assert not any(i.endswith("/ce") for i in ids)
+    assert [i for i in ids if "oltr" in i] == ["seed-0/oltr"]
+    assert [i for i in ids if i.endswith("student")] == ["seed-0/lfme/student"]
+    assert {f"seed-{s}/kt" for s in range(3)} <= set(ids)
+    assert plan.run("seed-0/oltr").refs == {"oltr.stage1": "seed-0/kt"}
+    assert plan.row_run("ce", 2) == "seed-2/kt" and plan.ce_run(1) == "seed-1/kt"
+    assert run_config(plan, plan.run("seed-0/oltr"), tmp_path).train.epochs == 10
+    # Rows on fewer seeds leave no "not finished" records behind for the other seeds.
+    for seed in range(3):
+        _finish(tmp_path, f"seed-{seed}/kt", overall=0.5 + 0.1 * seed)
+    records = collect_records(plan, tmp_path)
+    assert {r.seed for r in records if r.row == "oltr"} == {0}
+    ce = [r.overall for r in records if r.row == "ce"]
+    assert sorted(ce) == pytest.approx([0.5, 0.6, 0.7])
+    tables = build_tables(plan, records)
+    row = next(r for r in tables.main if r.key == "ce")
+    assert row.seeds == 3
+    with pytest.raises(Exception, match="kt.detach_feature=true"):
+        bad = load_reproduction("cifar10-lt-30", ["data.root=/x", "kt.detach_feature=false"])
+        build_plan(bad.cfg, bad.raw, bad.options, groups_present=["many"], source="c30")

@@ -54,7 +54,9 @@ def test_imagenet_preset_requires_the_list_files() -> None:
 
 
 def test_unknown_preset_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown preset.*cifar10-lt, imagenet-lt, quick"):
+    with pytest.raises(
+        ConfigError, match="unknown preset.*cifar10-lt, cifar10-lt-30, imagenet-lt, quick"
+    ):
         resolve_config("cifar100-lt")
     with pytest.raises(ConfigError, match="file not found"):
         resolve_config("missing/file.yaml")
@@ -63,7 +65,7 @@ def test_unknown_preset_lists_the_known_ones() -> None:
 def test_unknown_preset_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reproduce", "--config", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "known presets: cifar10-lt, imagenet-lt, quick" in err[0]
+    assert len(err) == 1 and "known presets: cifar10-lt, cifar10-lt-30, imagenet-lt, quick" in err[0]
 
 
 def test_bad_reproduce_section_reports_every_problem(tmp_path: Path) -> None:
