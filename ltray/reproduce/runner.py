@@ -209,7 +209,9 @@ def _jobs(plan: Plan, out_dir: Path) -> list[_Job]:
             )
         )
     runs = [r for r in plan.runs if r.id in todo]
-    for run in sorted(runs, key=lambda r: r.kind == "mixup"):  # stable: plan order otherwise
+    # Stable sort: the CE/KT runs of every seed first (every other row builds on them), then
+    # OLTR and LFME, then the Mixup study; plan order otherwise.
+    for run in sorted(runs, key=lambda r: (r.kind == "mixup", r.kind not in ("ce", "kt"))):
         cfg = run_config(plan, run, out_dir)
         log = out_dir / "logs" / (run.id.replace("/", "__") + ".log")
         args = (cfg.model_dump(mode="json"), str(out_dir / run.id), str(log))
