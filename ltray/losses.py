@@ -1,4 +1,5 @@
-"""Stage-1 losses: the classification losses (:data:`LOSSES`) and the KT branch (METHODS §5).
+"""Stage-1 losses: the classification losses (:data:`LOSSES`) and the KT branch
+(docs/methods.md#kt).
 
 Every loss takes a keyword ``reduction``: ``"mean"`` (default, a scalar), ``"sum"``, or
 ``"none"`` (one value per sample, [B]). The per-sample path is what mixup needs: it evaluates a
@@ -95,7 +96,7 @@ def kt_branch_loss(
     mask: str = "correct",
     reduction: Reduction = "mean",
 ) -> Tensor:
-    """Second-branch (knowledge-transfer) loss L₂ of METHODS §5.
+    """Second-branch (knowledge-transfer) loss L₂ of docs/methods.md#kt.
 
     With the teacher-correct mask m_i = [argmax z̃_d,i = y_i] the per-sample loss is
 

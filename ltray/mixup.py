@@ -1,4 +1,4 @@
-"""Mixup for the stage-1 study (METHODS §6): input, manifold, tail-only and head-only.
+"""Mixup for the stage-1 study (docs/methods.md#mixup): input, manifold, tail-only and head-only.
 
 A :class:`MixPlan` is drawn once per minibatch and applied to whatever is mixed (images for
 ``input``/``tail``/``head``, features for ``manifold``); every loss term is then blended the

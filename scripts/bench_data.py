@@ -5,7 +5,7 @@
 Prints the loader's images/s (augment on, batch 128, num_workers 0), the images/s of a ResNet-32
 forward + backward + SGD step on the same batches, and their ratio (target: loader >= 3x step).
 Uses ``ltray.models.backbones.build_backbone("resnet32")`` when it exists, else a local
-ResNet-32 (METHODS §2).
+ResNet-32 (docs/methods.md#backbones).
 """
 
 from __future__ import annotations

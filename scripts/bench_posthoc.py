@@ -23,7 +23,7 @@ from ltray.fusion.ncm import class_means, d_scale, ncm_logits
 from ltray.fusion.select import class_balanced_indices, weighted_scores
 
 
-# --- a local ResNet-32 (METHODS §2), used when ltray.models.backbones is not importable -------
+# --- a local ResNet-32 (docs/methods.md#backbones), used when ltray.models is not importable --
 class _Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()

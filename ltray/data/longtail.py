@@ -1,5 +1,6 @@
-"""Long-tailed selection (METHODS §1): per-class profiles, the seeded selection, the balanced
-carve-outs (val out of test, val+test out of a single pool) and the shot groups.
+"""Long-tailed selection (docs/methods.md#long-tailed-data): per-class profiles, the seeded
+selection, the balanced carve-outs (val out of test, val+test out of a single pool) and the shot
+groups.
 
 Pure numpy; every random choice uses ``np.random.default_rng([seed, tag, class])`` so a split is
 the same on every machine and independent of the other classes.

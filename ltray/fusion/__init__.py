@@ -1,5 +1,5 @@
 """Post-hoc stage: the feature/logit cache, NCM memory, fusion rules, LLW, ASM and decoupling
-baselines, all fitted on train + val and reported on test (METHODS §3-§4)."""
+baselines, all fitted on train + val and reported on test (docs/methods.md#fusion-rules)."""
 
 from ltray.fusion.base import FUSION_METHODS, FitContext, Fitted, Scores, parse_settings
 from ltray.fusion.methods import (

@@ -1,4 +1,5 @@
-"""Decoupling baselines on the same cache (METHODS §4): cRT, LWS, τ-norm, logit adjustment.
+"""Decoupling baselines on the same cache: cRT, LWS, τ-norm, logit adjustment
+(docs/methods.md#decoupling-baselines).
 
 (NCM is registered in :mod:`ltray.fusion.rules`.) cRT and LWS train over the cached TRAIN
 features/logits under class-balanced sampling; every value (epoch, τ) is chosen on val.

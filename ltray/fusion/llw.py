@@ -1,4 +1,4 @@
-"""Learned logit weighting, LLW (METHODS §4): z = a₁⊙z_l + b₁ + a₂⊙z̃_d + b₂, a, b ∈ R^C.
+"""Learned logit weighting, LLW (docs/methods.md#llw): z = a₁⊙z_l + b₁ + a₂⊙z̃_d + b₂, a, b ∈ R^C.
 
 Initialised a = 1, b = 0 (so the initial fused logits are the sum rule's), trained with
 cross-entropy on the fused logits under class-balanced sampling over the cached TRAIN branches

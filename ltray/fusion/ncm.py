@@ -1,4 +1,4 @@
-"""Class-mean memory from cached features, NCM logits and d-scaling (METHODS §3).
+"""Class-mean memory from cached features, NCM logits and d-scaling (docs/methods.md#ncm).
 
 Small pure functions over tensors; no I/O. The post-hoc stage builds the full-pass memory from
 the cached TRAIN features (computed in eval mode with eval transforms), so it never needs the

@@ -1,4 +1,4 @@
-"""Reference heads (linear, KT, NCM) and the fixed fusion rules (METHODS §4.1-4.4).
+"""Reference heads (linear, KT, NCM) and the fixed fusion rules (docs/methods.md#fusion-rules).
 
 Each rule combines the linear logits z_l [N, C] with the d-scaled NCM logits z̃_d [N, C]. The
 NCM memory is built from the cached TRAIN features at fit time; only ``weighted`` chooses a value

@@ -17,7 +17,7 @@ __all__ = ["exp_counts", "make_synthetic_cache"]
 
 
 def exp_counts(num_classes: int, n_max: int, rho: float) -> np.ndarray:
-    """Exponential profile n_i = ⌊n_max·(1/ρ)^(i/(C−1))⌋ [C] (METHODS §1)."""
+    """Exponential profile n_i = ⌊n_max·(1/ρ)^(i/(C−1))⌋ [C] (docs/methods.md#long-tailed-data)."""
     i = np.arange(num_classes)
     return np.floor(n_max * (1.0 / rho) ** (i / max(num_classes - 1, 1))).astype(np.int64)
 

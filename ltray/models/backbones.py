@@ -1,4 +1,4 @@
-"""Convolutional backbones that map images to penultimate features (METHODS §2).
+"""Convolutional backbones that map images to penultimate features (docs/methods.md#backbones).
 
     net = build_backbone("resnet10", in_channels=3, small_input=False)
     h = net(x)                 # [B, 512], after the last ReLU and global average pool, so h >= 0

@@ -1,8 +1,8 @@
 """Classifier heads that take penultimate features [B, d] and return logits [B, C].
 
 - :func:`linear_head`: the dot-product head z = W h + b used for both the main classifier and
-  the knowledge-transfer head (METHODS §2, §5).
-- :class:`CosineClassifier`: s · ĥ · Ŵ_cᵀ, the cosine head of OLTR's stage 2 (METHODS §9).
+  the knowledge-transfer head (docs/methods.md#backbones, docs/methods.md#kt).
+- :class:`CosineClassifier`: s · ĥ · Ŵ_cᵀ, the cosine head of OLTR's stage 2 (docs/methods.md#oltr).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Class-mean memory of normalised features and nearest-class-mean logits (METHODS §3).
+"""Class-mean memory of normalised features and nearest-class-mean logits
+(docs/methods.md#memory-module, docs/methods.md#ncm).
 
 Pure functions (:func:`normalize`, :func:`class_sums`, :func:`ncm_logits`, :func:`d_scale`) plus
 :class:`ClassMemory`, which holds M ∈ R^{C×d} as buffers so that it travels in ``state_dict``
@@ -281,8 +282,8 @@ class ClassMemory(nn.Module):
         """NCM logits z_d [B, C] of raw features [B, d]; −inf for classes never seen.
 
         Raises ``RuntimeError`` before initialisation: every class would be −inf, which turns
-        softmax teachers into NaN; callers check :attr:`is_initialized` (METHODS §5: before M
-        exists the KT branch is plain CE).
+        softmax teachers into NaN; callers check :attr:`is_initialized` (docs/methods.md#kt:
+        before M exists the KT branch is plain CE).
         """
         if not self.is_initialized:
             raise RuntimeError(

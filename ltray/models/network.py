@@ -43,7 +43,7 @@ class LTNet(nn.Module):
     Args:
         backbone: a :class:`Backbone` producing [B, d] features.
         num_classes: C.
-        kt_head: add a second dot-product head g: d → C (METHODS §5).
+        kt_head: add a second dot-product head g: d → C (docs/methods.md#kt).
         detach_kt: default for :meth:`heads`: the KT head sees ``features.detach()``, so the
             backbone is trained by the linear head's loss only.
         memory: the class-mean memory, or None.

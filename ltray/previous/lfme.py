@@ -57,7 +57,13 @@ from ltray.previous.runs import (
     load_run,
     restrict_train_classes,
 )
-from ltray.train.methods import TRAIN_METHODS, StepContext, StepResult, TrainForward
+from ltray.train.methods import (
+    TRAIN_METHODS,
+    MethodDefaults,
+    StepContext,
+    StepResult,
+    TrainForward,
+)
 
 __all__ = [
     "ABSENT_LOGIT",
@@ -199,7 +205,7 @@ def _no_mixup(cfg: Config, method: str) -> None:
         )
 
 
-class ExpertMethod:
+class ExpertMethod(MethodDefaults):
     """``train.method=lfme_expert``: CE among the subset's classes, on the subset's images."""
 
     def build(
@@ -232,9 +238,6 @@ class ExpertMethod:
 
     def wrap(self, net: LTNet, cfg: Config) -> nn.Module:
         return TrainForward(net, detach_kt=True)
-
-    def sampler(self, cfg: Config) -> str:
-        return cfg.data.sampler
 
     def loss(self, net: LTNet, fwd: nn.Module, x: Tensor, y: Tensor, sc: StepContext) -> StepResult:
         out = fwd(x)
@@ -316,7 +319,7 @@ def load_expert(
     return net.eval(), gid, classes
 
 
-class StudentMethod:
+class StudentMethod(MethodDefaults):
     """``train.method=lfme``: the student (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -367,9 +370,6 @@ class StudentMethod:
 
     def wrap(self, net: LTNet, cfg: Config) -> nn.Module:
         return TrainForward(net, detach_kt=True)
-
-    def sampler(self, cfg: Config) -> str:
-        return cfg.data.sampler
 
     def _epoch_start(self, net: LTNet, sc: StepContext, device: torch.device) -> None:
         """Self-paced expert selection: the student's val accuracy per expert subset → w_k."""

@@ -50,7 +50,7 @@ from ltray.previous.runs import (
     load_run,
     load_submodule,
 )
-from ltray.train.methods import TRAIN_METHODS, StepContext, StepResult
+from ltray.train.methods import TRAIN_METHODS, MethodDefaults, StepContext, StepResult
 
 __all__ = [
     "squared_distances",
@@ -316,7 +316,7 @@ def _check_cfg(cfg: Config) -> None:
         )
 
 
-class OLTRMethod:
+class OLTRMethod(MethodDefaults):
     """``train.method=oltr``: OLTR stage 2 (see the module docstring)."""
 
     def build(

@@ -98,11 +98,17 @@ def load_run(run_dir: str | Path, *, key: str, methods: tuple[str, ...]) -> Prev
 
 
 def check_same_split(cfg: Config, other: Config, *, key: str) -> None:
-    """Raise ``ConfigError`` unless both configs describe the same data split."""
+    """Raise ``ConfigError`` unless both configs describe the same data split (``profile``
+    compared as resolved: an unset profile and the one it resolves to make the same split)."""
+    from ltray.data.prepare import effective_profile
+
+    def value(data: Any, k: str) -> Any:
+        return effective_profile(data) if k == "profile" else getattr(data, k)
+
     diff = [
-        f"data.{k}: {getattr(other.data, k)!r} there, {getattr(cfg.data, k)!r} here"
+        f"data.{k}: {value(other.data, k)!r} there, {value(cfg.data, k)!r} here"
         for k in _SPLIT_KEYS
-        if getattr(cfg.data, k) != getattr(other.data, k)
+        if value(cfg.data, k) != value(other.data, k)
     ]
     if diff:
         raise ConfigError(

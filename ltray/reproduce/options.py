@@ -98,8 +98,8 @@ class _Strict(BaseModel):
 
 
 class MixupGrid(_Strict):
-    """The Mixup study (METHODS §6): every α × variant × sampler cell is one run per seed, plus a
-    no-mixup reference per sampler (the ``instance`` one is the CE run itself)."""
+    """The Mixup study (docs/methods.md#mixup): every α × variant × sampler cell is one run per
+    seed, plus a no-mixup reference per sampler (the ``instance`` one is the CE run itself)."""
 
     enabled: bool = True
     alphas: list[float] = Field(default_factory=lambda: [0.1, 0.3, 1.0], min_length=1)

@@ -4,10 +4,10 @@
     tables = build_tables(plan, records)
     paths = save_tables(tables, records, out_dir)
 
-Main table rows (METHODS §8, the poster's order): CE = linear head of the ``ce`` run; OLTR = its
-stage-2 run; LFME = the student; ASM, LLW = post-hoc methods over the CE run's cache; KT = KT
-head of the ``kt`` run; below a rule, the other post-hoc rows (NCM, fusion rules, cRT, LWS,
-τ-norm, logit adjustment), all over the CE run's cache, every choice made on val.
+Main table rows (the poster's order, docs/methods.md#reference-numbers): CE = linear head of the
+``ce`` run; OLTR = its stage-2 run; LFME = the student; ASM, LLW = post-hoc methods over the CE
+run's cache; KT = KT head of the ``kt`` run; below a rule, the other post-hoc rows (NCM, fusion
+rules, cRT, LWS, τ-norm, logit adjustment), all over the CE run's cache, every choice made on val.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from ltray.config import Config, config_hash
 from ltray.data import LTData, make_loader, prepare_data, shard_loader
 from ltray.models import LTNet
 from ltray.train import rundir
+from ltray.train.catalog import get_method
 from ltray.train.context import LoopContext
 from ltray.train.evaluate import (
     evaluate_heads,
@@ -43,7 +44,7 @@ from ltray.train.evaluate import (
     head_logits,
     to_device,
 )
-from ltray.train.methods import StepContext, get_method
+from ltray.train.methods import StepContext
 from ltray.train.schedule import base_lr, lr_factor
 
 __all__ = ["run_training", "seed_everything", "load_state", "finalize_run"]
@@ -115,8 +116,7 @@ def run_training(
     # -- data and model -----------------------------------------------------------------------
     data = prepare_data(cfg.data)
     method = get_method(cfg)
-    if hasattr(method, "prepare_data"):  # e.g. an LFME expert trains on one shot group only
-        data = method.prepare_data(data, cfg)
+    data = method.prepare_data(data, cfg)  # e.g. an LFME expert trains on one shot group only
     small = cfg.model.small_input if cfg.model.small_input is not None else data.small_input
     net = method.build(
         cfg,
@@ -128,13 +128,8 @@ def run_training(
     if cl:
         net = net.to(memory_format=torch.channels_last)
     # Methods may split parameters into groups with their own lr_scale / weight_decay (OLTR).
-    param_groups = (
-        method.param_groups(net, cfg)
-        if hasattr(method, "param_groups")
-        else [{"params": [p for p in net.parameters() if p.requires_grad]}]
-    )
     optimizer = torch.optim.SGD(
-        param_groups,
+        method.param_groups(net, cfg),
         lr=cfg.train.lr,
         momentum=cfg.train.momentum,
         weight_decay=cfg.train.weight_decay,
@@ -279,7 +274,7 @@ def run_training(
                 ece_bins=cfg.eval.ece_bins,
             )
             metrics.update(flat_metrics("val", heads))
-            score = metrics.get(f"val_{cfg.eval.select_head}_overall", -math.inf)
+            score = metrics.get(_select_metric(cfg), -math.inf)
             if score > best["score"]:
                 best = {"epoch": epoch, "score": float(score)}
                 metrics["is_best"] = 1.0
@@ -326,6 +321,11 @@ def run_training(
     return results
 
 
+def _select_metric(cfg: Config) -> str:
+    """The val metric whose best value picks the checkpoint, e.g. ``val_kt_few``."""
+    return f"val_{cfg.eval.select_head}_{cfg.eval.select_group}"
+
+
 def _memory_args(net: LTNet) -> dict[str, Any]:
     mem = net.memory
     if mem is None or not bool(mem.initialized):
@@ -350,8 +350,15 @@ def finalize_run(
     ``val``: that epoch's val arrays, reused instead of a second pass.
     """
     best_path = rundir.checkpoint_path(run_dir, "best")
+    checkpoint = "best"
     if not best_path.is_file():
-        best_path = rundir.checkpoint_path(run_dir, "last")
+        # No epoch ever had a val score of the selection metric: say so, never call it best.
+        best_path, checkpoint = rundir.checkpoint_path(run_dir, "last"), "last"
+        print(
+            f"[ltray] WARNING: no epoch reported {_select_metric(cfg)} (eval.select_head/"
+            "select_group); the results are those of the last epoch, not a best-val one",
+            flush=True,
+        )
     state = load_state(best_path)
     if reload:
         net.load_state_dict(state["model"])
@@ -372,7 +379,11 @@ def finalize_run(
     splits = {s: splits[s] for s in ("train", "val", "test")}
     train = splits["train"]
     full = _sums_from_arrays(train.features, train.labels, data.num_classes)
-    results: dict[str, Any] = {"best_epoch": int(state["epoch"]) + 1, "heads": {}}
+    results: dict[str, Any] = {
+        "best_epoch": int(state["epoch"]) + 1,
+        "checkpoint": checkpoint,
+        "heads": {},
+    }
     for split in ("val", "test"):
         arrays = splits[split]
         heads = evaluate_heads(

@@ -5,18 +5,22 @@ checkpoints and reporting; a :class:`TrainMethod` owns the network it trains and
 batch. Built in:
 
 - ``kt`` (default): CE (or balanced softmax) on the linear head + the KT branch distilled from
-  the d-scaled NCM teacher (METHODS §5), every term mixed when mixup is on (§6).
+  the d-scaled NCM teacher (docs/methods.md#kt), every term mixed when mixup is on
+  (docs/methods.md#mixup).
 - ``ce``: the same network without the KT head: the plain baseline (the memory is still kept,
   so both NCM heads are evaluated).
 
-Previous works (OLTR, LFME) register here from their own modules.
+A method implements :class:`TrainMethod`; inheriting :class:`MethodDefaults` supplies the
+optional hooks' default behaviour. The previous works (OLTR, LFME) add themselves to
+:data:`TRAIN_METHODS` from :mod:`ltray.previous`, which imports this module, never the other way
+round; :func:`ltray.train.catalog.get_method` imports both and resolves ``train.method``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -28,12 +32,15 @@ from ltray.mixup import MixPlan, apply_mix, dominant_labels, mixed_loss, sample_
 from ltray.models import LTNet, NetOutput, build_network, d_scale
 from ltray.registry import Registry
 
+if TYPE_CHECKING:
+    from ltray.data import LTData
+
 __all__ = [
     "StepContext",
     "StepResult",
     "TrainMethod",
+    "MethodDefaults",
     "TRAIN_METHODS",
-    "get_method",
     "TrainForward",
     "StandardMethod",
 ]
@@ -69,35 +76,61 @@ class StepResult:
 
 
 class TrainMethod(Protocol):
-    """A training method. ``build`` returns an :class:`LTNet` (or a subclass with the same
-    attributes: ``backbone``, ``linear``, ``kt_head``, ``memory``; ``forward`` → NetOutput)."""
+    """A training method, as the loop (:func:`ltray.train.loop.run_training`) calls it.
+
+    Per run, in this order: ``prepare_data`` → ``build`` → ``param_groups`` → ``sampler`` →
+    ``wrap``; then ``loss`` once per batch. ``build``, ``wrap`` and ``loss`` are the method
+    itself; ``prepare_data``, ``param_groups`` and ``sampler`` are hooks whose default
+    behaviour :class:`MethodDefaults` provides, so a method overrides only what it changes.
+    """
 
     def build(
         self, cfg: Config, *, num_classes: int, in_channels: int, small_input: bool, data: Any
-    ) -> LTNet: ...
+    ) -> LTNet:
+        """The network: an :class:`LTNet` or a subclass with the same attributes (``backbone``,
+        ``linear``, ``kt_head``, ``memory``; ``forward`` → :class:`NetOutput`)."""
+        ...
 
     def wrap(self, net: LTNet, cfg: Config) -> nn.Module:
         """The module DDP wraps: its ``forward(x, plan)`` must cover every trained parameter."""
+        ...
 
     def loss(
         self, net: LTNet, fwd: nn.Module, x: torch.Tensor, y: torch.Tensor, sc: StepContext
-    ) -> StepResult: ...
+    ) -> StepResult:
+        """One batch's loss (x [B, ...], y [B]) and what the loop records of it."""
+        ...
+
+    def prepare_data(self, data: LTData, cfg: Config) -> LTData:
+        """Called before ``build``; may narrow the data (an LFME expert keeps one shot group's
+        train images). Default: ``data`` unchanged."""
+        ...
+
+    def param_groups(self, net: LTNet, cfg: Config) -> list[dict[str, Any]]:
+        """SGD parameter groups; a group's ``"lr_scale"`` multiplies the scheduled lr (OLTR:
+        a slower stage-1 backbone). Default: one group of every parameter that requires grad."""
+        ...
 
     def sampler(self, cfg: Config) -> str:
-        """The train sampler (``data.sampler`` unless the method prescribes one)."""
+        """The train sampler's registered name. Default: ``data.sampler``; a method may
+        prescribe its own (OLTR: class-aware sampling)."""
+        ...
 
-    # Optional hooks, looked up with hasattr by the loop:
-    #   prepare_data(data, cfg) -> LTData       before build (e.g. keep one shot group)
-    #   param_groups(net, cfg) -> list[dict]   SGD groups; "lr_scale" multiplies the lr
+
+class MethodDefaults:
+    """The default behaviour of :class:`TrainMethod`'s hooks; methods inherit it."""
+
+    def prepare_data(self, data: LTData, cfg: Config) -> LTData:
+        return data
+
+    def param_groups(self, net: LTNet, cfg: Config) -> list[dict[str, Any]]:
+        return [{"params": [p for p in net.parameters() if p.requires_grad]}]
+
+    def sampler(self, cfg: Config) -> str:
+        return cfg.data.sampler
 
 
 TRAIN_METHODS: Registry[Callable[[], TrainMethod]] = Registry("training method")
-
-
-def get_method(cfg: Config) -> TrainMethod:
-    import ltray.previous  # noqa: F401 - registers the previous works (OLTR, LFME)
-
-    return TRAIN_METHODS.get(cfg.train.method, key="train.method")()
 
 
 class TrainForward(nn.Module):
@@ -115,7 +148,7 @@ class TrainForward(nn.Module):
         return self.net.heads(h, detach_kt=self.detach_kt)
 
 
-class StandardMethod:
+class StandardMethod(MethodDefaults):
     """``kt`` and ``ce``: linear head by CE/balanced softmax, optional KT branch, mixup."""
 
     def __init__(self, *, kt: bool) -> None:
@@ -132,9 +165,6 @@ class StandardMethod:
 
     def wrap(self, net: LTNet, cfg: Config) -> nn.Module:
         return TrainForward(net, detach_kt=cfg.kt.detach_feature)
-
-    def sampler(self, cfg: Config) -> str:
-        return cfg.data.sampler
 
     def loss(
         self, net: LTNet, fwd: nn.Module, x: torch.Tensor, y: torch.Tensor, sc: StepContext
@@ -165,7 +195,7 @@ class StandardMethod:
         tallies: dict[str, tuple[Any, Any]] = {}
         if out.kt_logits is not None:
             kt_logits, memory = out.kt_logits, net.memory
-            teacher = None  # before the memory exists the KT head learns by plain CE (§5)
+            teacher = None  # before the memory exists the KT head learns by plain CE
             if memory is not None and memory.is_initialized:
                 # Teacher: NCM logits from the EMA memory, d-scaled onto the linear range.
                 z_d = memory.logits(out.features.detach().float())

@@ -1,4 +1,5 @@
-"""Learning-rate schedules of METHODS §7, as a factor of the base lr per (fractional) epoch."""
+"""Learning-rate schedules (docs/methods.md#schedules), as a factor of the base lr per
+(fractional) epoch."""
 
 from __future__ import annotations
 

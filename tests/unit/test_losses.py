@@ -1,4 +1,4 @@
-"""Stage-1 losses (METHODS §5), pinned by explicit hand formulas."""
+"""Stage-1 losses (docs/methods.md#kt), pinned by explicit hand formulas."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Class-mean memory and NCM (METHODS §3), pinned by hand-computed examples."""
+"""Class-mean memory and NCM (docs/methods.md#memory-module), pinned by hand-computed examples."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mixup plans, mixing and mixed losses (METHODS §6)."""
+"""Mixup plans, mixing and mixed losses (docs/methods.md#mixup)."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ def test_resnet10_param_count():
     # stage3 9*128*256 + 9*256*256 + 2*512 + 128*256 + 512  =   919,040
     # stage4 9*256*512 + 9*512*512 + 2*1024 + 256*512 + 1024 = 3,673,088
     bb = build_backbone("resnet10", in_channels=3, small_input=False)
-    assert _n_params(bb) == 4_905_792  # METHODS §2: ≈4.9M
+    assert _n_params(bb) == 4_905_792  # docs/methods.md#backbones: ≈4.9M
     # The 1-channel CIFAR stem only changes the first conv: 3*3*1*64 instead of 7*7*3*64.
     bb1 = build_backbone("resnet10", in_channels=1, small_input=True)
     assert _n_params(bb1) == 4_905_792 - 7 * 7 * 3 * 64 + 3 * 3 * 1 * 64
@@ -91,7 +91,7 @@ def test_resnet32_param_count():
     # stage2 (9*16*32 + 9*32*32 + 128) + 4*(2*9*32*32 + 128) = 88,192;
     # stage3 (9*32*64 + 9*64*64 + 256) + 4*(2*9*64*64 + 256) = 351,488; option-A adds nothing.
     bb = build_backbone("resnet32", in_channels=3, small_input=True)
-    assert _n_params(bb) == 463_504  # METHODS §2: ≈0.46M
+    assert _n_params(bb) == 463_504  # docs/methods.md#backbones: ≈0.46M
     net = LTNet(bb, num_classes=10)
     assert _n_params(net) == 463_504 + 64 * 10 + 10
 

@@ -1,4 +1,5 @@
-"""One training step of the standard methods (METHODS §5): teacher, mask, weights, tallies."""
+"""One training step of the standard methods (docs/methods.md#kt): teacher, mask, weights,
+tallies."""
 
 from __future__ import annotations
 
