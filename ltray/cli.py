@@ -17,7 +17,7 @@ from ltray.errors import LtrayError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ("train", "fuse", "tune", "report", "reproduce", "data")
+COMMANDS = ("train", "fuse", "tune", "report", "reproduce", "data", "evaluate", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ __all__ = [
     "resolve_tracking_uri",
     "SpoolingClient",
     "log_train_run",
+    "log_run_model",
     "mlflow_params",
     "final_test_metrics",
 ]
@@ -61,6 +62,17 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a local SQLite store keeps its artifacts: ``mlartifacts/`` next
+    to the database (the default store's under ``$LTRAY_HOME``), never MLflow's ``./mlruns`` of
+    whatever directory the command ran in. ``None`` for a server: it decides."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///") :])
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment) or "default"
+    return (db.parent / "mlartifacts" / safe).as_uri()
+
+
 def mlflow_params(cfg: Config) -> dict[str, str]:
     """The flattened config as MLflow params (``train.lr`` → ``"0.1"``)."""
     flat = flatten(cfg.model_dump(mode="json"))
@@ -89,7 +101,11 @@ class SpoolingClient:
 
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
-        return exp.experiment_id if exp else self.client.create_experiment(name)
+        if exp:
+            return exp.experiment_id
+        return self.client.create_experiment(
+            name, artifact_location=artifact_location(self.tracking_uri, name)
+        )
 
     def create_run(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
         """Create a run and return its id. While the server is unreachable the creation is
@@ -109,6 +125,12 @@ class SpoolingClient:
         return self._ids().get(run_id, run_id)
 
     def _create(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+        # A tag naming a run created while the server was down (a child's
+        # mlflow.parentRunId=pending-…) is rewritten to that run's real id.
+        tags = {k: self.resolve(v) if isinstance(v, str) else v for k, v in tags.items()}
+        pending = [k for k, v in tags.items() if isinstance(v, str) and v.startswith("pending-")]
+        if pending:
+            raise RuntimeError(f"tag {pending[0]} names run {tags[pending[0]]}, not created yet")
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
         return run.info.run_id
 
@@ -163,7 +185,10 @@ class SpoolingClient:
                 run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()]
             )
         elif op == "set_tag":
-            self.client.set_tag(*args)
+            run_id, key, value = args
+            self.client.set_tag(
+                run_id, key, self.resolve(value) if isinstance(value, str) else value
+            )
         elif op == "log_artifact":
             self.client.log_artifact(*args)
         elif op == "set_terminated":
@@ -244,12 +269,38 @@ def log_train_run(cfg: Config, run_dir: Path, results: dict[str, Any]) -> str:
     client.log_metrics(run_id, final_test_metrics(results), step=int(results["best_epoch"]))
     for name in ("config.yaml", "results.json", "table.txt", "per_class.png", "metrics.csv"):
         client.log_artifact(run_id, str(Path(run_dir) / name))
+    log_run_model(client, run_id, run_dir)
     client.set_terminated(run_id)
     run_id = client.resolve(run_id)
     (Path(run_dir) / "mlflow_run.json").write_text(
         json.dumps({"tracking_uri": uri, "run_id": run_id})
     )
     return run_id
+
+
+def log_run_model(client: SpoolingClient, run_id: str, run_dir: Path) -> str | None:
+    """Log the run's network (its ``eval.select_head``) in MLflow's PyTorch flavour under
+    ``model`` (:func:`ltray.inference.model.log_model`); returns the model URI. A run that only
+    reached the spool, or a failure, costs a warning, never the results."""
+    real = client.resolve(run_id)
+    if real.startswith("pending-"):
+        warnings.warn(
+            f"MLflow unreachable: the model of {run_dir} is not logged; "
+            "`ltray.load_run(run_dir)` loads it from the run directory",
+            stacklevel=2,
+        )
+        return None
+    try:
+        from ltray.inference import load_run
+        from ltray.inference.model import log_model
+
+        return log_model(load_run(run_dir), run_id=real, tracking_uri=client.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - logging the model must not lose the run
+        warnings.warn(
+            f"model of {run_dir} not logged to MLflow run {real} ({type(exc).__name__}: {exc})",
+            stacklevel=2,
+        )
+        return None
 
 
 def final_test_metrics(results: dict[str, Any]) -> dict[str, float]:

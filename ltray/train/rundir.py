@@ -6,7 +6,8 @@ RUN_DIR/
   split.json           what data was used (source, seed, protocol, counts)
   metrics.jsonl        one line per reported epoch, append-only (restarts add lines, never erase)
   metrics.csv          the same, last record per epoch
-  checkpoints/last.pt  checkpoints/best.pt (best val score of eval.select_head)
+  checkpoints/last.pt  checkpoints/best.pt (best val score of eval.select_head and
+                       select_group; none when no epoch had one: results say "last")
   results.json         val/test metrics of every head with the best-val checkpoint
   table.txt            the Many / Medium / Few / Overall table
   per_class.png        per-class test accuracy against train class frequency
@@ -37,6 +38,7 @@ __all__ = [
     "read_metrics",
     "progress_line",
     "write_cache",
+    "input_spec",
     "write_results",
     "render_table",
     "results_table",
@@ -144,9 +146,31 @@ def write_cache(
         few_threshold=cfg.data.few_threshold,
         val_protocol=cfg.data.val_protocol,
         params=params,
-        extra={"memory_metric": cfg.memory.metric, "dataset": cfg.data.name},
+        extra={
+            "memory_metric": cfg.memory.metric,
+            "dataset": cfg.data.name,
+            # What `ltray.load_run` needs to label and preprocess new images without the data.
+            "class_names": [str(c) for c in data.class_names],
+            "input": input_spec(data),
+        },
     )
     return cache_dir
+
+
+def input_spec(data: Any) -> dict[str, Any]:
+    """How images enter the network: family, channels, size, normalisation."""
+    spec = data.spec
+    return {
+        "family": data.family,
+        "in_channels": int(data.in_channels),
+        "image_size": int(data.image_size),
+        "small_input": bool(data.small_input),
+        "native_size": int(spec.image_size),
+        "pad": int(spec.pad),
+        "flip": bool(spec.flip),
+        "mean": [float(v) for v in spec.mean],
+        "std": [float(v) for v in spec.std],
+    }
 
 
 def write_results(run_dir: Path, cfg: Config, data: Any, results: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +179,11 @@ def write_results(run_dir: Path, cfg: Config, data: Any, results: dict[str, Any]
     heads: dict[str, dict[str, HeadMetrics]] = results["heads"]
     out = {
         "best_epoch": results["best_epoch"],
+        # "best": the epoch with the best val score of select_head/select_group; "last": no
+        # epoch had one (the tables say so instead of calling the last epoch best).
+        "checkpoint": results.get("checkpoint", "best"),
         "select_head": cfg.eval.select_head,
+        "select_group": cfg.eval.select_group,
         "val_protocol": cfg.data.val_protocol,
         "class_counts": [int(c) for c in data.class_counts],
         "groups_present": {

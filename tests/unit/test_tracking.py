@@ -72,3 +72,41 @@ def test_outage_is_spooled_and_replayed_in_order(
     assert run.info.status == "FINISHED"
     steps = [m.step for m in reader.get_metric_history(real, "val_kt_overall")]
     assert sorted(steps) == [1, 2]
+
+
+def test_a_parent_created_during_the_outage_is_linked_after_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: the server was down when the sweep started, so the parent itself got a
+    pending id; the children's mlflow.parentRunId must name the real parent after replay."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = SpoolingClient(uri, tmp_path / "spool.jsonl")
+    outage = _Outage(client, monkeypatch)
+    with pytest.warns(UserWarning, match="unreachable"):
+        parent = client.create_run("exp", "sweep", {})
+    child = client.create_run("exp", "trial", {"mlflow.parentRunId": parent})
+    client.set_tag(child, "ltray.parent", parent)
+    assert parent.startswith("pending-") and child.startswith("pending-")
+    outage.end()
+    assert client.flush()
+    run = mlflow.MlflowClient(uri).get_run(client.resolve(child))
+    assert run.data.tags["mlflow.parentRunId"] == client.resolve(parent)
+    assert run.data.tags["ltray.parent"] == client.resolve(parent)
+    assert not client.resolve(parent).startswith("pending-")
+
+
+def test_artifacts_of_a_local_store_never_land_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///{tmp_path}/home/mlflow.db"
+    (tmp_path / "home").mkdir()
+    client = SpoolingClient(uri, tmp_path / "spool.jsonl")
+    run = client.create_run("my exp", "r", {})
+    (work / "table.txt").write_text("x")
+    client.log_artifact(run, str(work / "table.txt"))
+    assert not (work / "mlruns").exists()
+    stored = list((tmp_path / "home" / "mlartifacts" / "my_exp").rglob("table.txt"))
+    assert len(stored) == 1

@@ -1,0 +1,60 @@
+"""`ltray evaluate RUN [data.key=value ...] [--split test] [--out DIR]`: every head of a finished
+run on another split or dataset, with the run's own Many / Medium / Few groups.
+
+    ltray evaluate ~/.ltray/runs/digits-lt-kt-...                  # its own test split again
+    ltray evaluate RUN data.seed=1                                 # another seeded hold-out
+    ltray evaluate runs:/<mlflow run id> data.imbalance_ratio=1 --split val
+
+Writes ``metrics.csv``, ``evaluation.json``, ``table.txt`` and ``per_class.png`` to ``--out``
+(default: ``RUN/eval/<split>-<timestamp>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score every head of a finished run on another split or dataset",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", metavar="RUN", help="run directory of `ltray train`, or runs:/<id>")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="data.key=value",
+        help="data overrides on top of the run's config, e.g. data.seed=1",
+    )
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", help="output folder (default: RUN/eval/<split>-<timestamp>)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from ltray.inference import load_run
+    from ltray.inference.evaluate import evaluate_run, evaluation_table, save_evaluation
+
+    console = Console(width=max(Console().width, 110))
+    loaded = load_run(args.run, device=args.device)
+    ev = evaluate_run(loaded, args.overrides, split=args.split)
+    out = (
+        Path(args.out)
+        if args.out
+        else (loaded.run_dir / "eval" / f"{args.split}-{time.strftime('%Y%m%d-%H%M%S')}")
+    )
+    save_evaluation(ev, out)
+    console.print(evaluation_table(ev))
+    console.print(f"saved to {out}", highlight=False)
+    return 0

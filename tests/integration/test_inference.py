@@ -1,0 +1,206 @@
+"""A finished run as a model: `load_run`, the MLflow model, `ltray evaluate`, `ltray predict`.
+
+One short tracked digits run (in-process, no Ray) serves every test of this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+import ltray
+from ltray.cli import main
+from ltray.config import load_config
+from ltray.data import make_loader, prepare_data
+from ltray.fusion.cache import read_cache
+
+pytestmark = [pytest.mark.slow]
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 1-epoch digits run logged to a private SQLite MLflow store (artifacts beside it)."""
+    from ltray.train.driver import train
+
+    root = tmp_path_factory.mktemp("inference")
+    uri = f"sqlite:///{root}/mlflow.db"
+    mlflow.MlflowClient(uri).create_experiment("ltray", artifact_location=str(root / "artifacts"))
+    cfg = load_config(
+        None,
+        [
+            "train.epochs=1",
+            "memory.init_epoch=0",  # memory from a pass before training: every head in 1 epoch
+            "data.batch_size=64",
+            "train.threads=1",
+            "scaling.num_workers=0",
+            "tracking.mlflow=true",
+            f"tracking.mlflow_uri={uri}",
+        ],
+    )
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    run_dir, results = train(cfg, out=root / "run")
+    # Logging the model used MLflow's fluent API: the process's own settings are untouched.
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    return {"run_dir": run_dir, "uri": uri, "run_id": run_id, "results": results, "cfg": cfg}
+
+
+@contextmanager
+def mlflow_uri(uri: str) -> Iterator[None]:
+    from ltray.inference.model import _using_tracking_uri
+
+    with _using_tracking_uri(uri):
+        yield
+
+
+def _test_batch(cfg) -> torch.Tensor:
+    data = prepare_data(cfg.data)
+    loader = make_loader(data, "test", batch_size=512, augment=False, shuffle=False)
+    return torch.cat([x for x, _ in loader])
+
+
+def test_load_run_and_the_mlflow_model_give_the_cached_test_logits(
+    tracked_run: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir, uri, run_id = tracked_run["run_dir"], tracked_run["uri"], tracked_run["run_id"]
+    cache = read_cache(run_dir)
+    x = _test_batch(tracked_run["cfg"])
+
+    run = ltray.load_run(run_dir)
+    assert isinstance(run, ltray.LoadedRun)
+    assert not run.net.training
+    assert run.heads == ["linear", "ncm_ema", "ncm_full", "kt"]
+    assert run.class_names == [str(i) for i in range(10)]
+    assert run.config.train.epochs == 1
+    logits = run.logits(x)
+    np.testing.assert_allclose(logits["linear"].numpy(), cache.test.logits, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(logits["kt"].numpy(), cache.test.kt_logits, atol=ATOL, rtol=0)
+    # The NCM heads (memory, cached train features) score what the run reported.
+    from ltray.metrics import evaluate_logits
+
+    for head in ("ncm_ema", "ncm_full"):
+        m = evaluate_logits(logits[head].numpy(), cache.test.labels, run.groups)
+        assert m.overall == pytest.approx(tracked_run["results"]["heads"][head]["test"]["overall"])
+
+    # The MLflow model: PyTorch flavour under `model`, a plain tensor of logits out.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    with torch.no_grad():
+        out = model(x)
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_allclose(out.numpy(), cache.test.logits, atol=ATOL, rtol=0)  # linear
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 1, 8, 8)
+    assert info.metadata["class_names"] == run.class_names
+    assert info.saved_input_example_info is not None
+
+    # An MLflow run URI loads the same run.
+    again = ltray.load_run(f"runs:/{run_id}")
+    assert again.run_dir == run_dir and again.mlflow_run_id == run_id
+
+
+def test_evaluate_reproduces_the_test_split_and_scores_another(
+    tracked_run: dict, tmp_path: Path
+) -> None:
+    run_dir, results = tracked_run["run_dir"], tracked_run["results"]
+    out = tmp_path / "same"
+    assert main(["evaluate", str(run_dir), "--out", str(out)]) == 0
+    with open(out / "metrics.csv") as f:
+        rows = {r["head"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"linear", "ncm_ema", "ncm_full", "kt"}
+    for head, row in rows.items():
+        assert float(row["overall"]) == pytest.approx(results["heads"][head]["test"]["overall"])
+    assert (out / "per_class.png").is_file() and "Many" in (out / "table.txt").read_text()
+
+    other = tmp_path / "seed1"
+    assert main(["evaluate", str(run_dir), "seed=1", "--split", "val", "--out", str(other)]) == 0
+    record = json.loads((other / "evaluation.json").read_text())
+    assert record["data"]["overrides"] == ["seed=1"] and record["split"] == "val"
+    assert record["class_counts"] == results["class_counts"]  # the run's own shot groups
+    # Only data keys: the model is fixed.
+    assert main(["evaluate", str(run_dir), "train.lr=0.1"]) == 2
+
+
+def test_predict_labels_files_and_folders_and_lists_unreadable_images(
+    tracked_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    run_dir = tracked_run["run_dir"]
+    data = prepare_data(tracked_run["cfg"].data)
+    images = data.pools["test"].images  # uint8 [N, 1, 8, 8], the run's input size
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    picks = [0, 7, 42, 150]
+    paths = []
+    for n, i in enumerate(picks):
+        p = folder / ("sub" if n % 2 else "") / f"test{i}.png"
+        Image.fromarray(images[i, 0], mode="L").save(p)
+        paths.append(p)
+    (folder / "broken.png").write_bytes(b"not an image")
+    single = tmp_path / "single.png"
+    Image.fromarray(images[3, 0], mode="L").save(single)
+
+    out = tmp_path / "preds.csv"
+    rc = main(["predict", str(run_dir), str(folder), str(single), "--topk", "3", "--out", str(out)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "1 of 6 images could not be read" in err and "broken.png" in err
+    with open(out) as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    assert set(rows) == {
+        "test0.png",
+        "test7.png",
+        "test42.png",
+        "test150.png",
+        "single.png",
+        "broken.png",
+    }
+    assert rows["broken.png"]["error"] and not rows["broken.png"]["label_1"]
+    # PNG keeps uint8 exactly: the top-1 is the cached test logits' argmax (linear head).
+    cache = read_cache(run_dir)
+    for i in [*picks, 3]:
+        name = "single.png" if i == 3 else f"test{i}.png"
+        row = rows[name]
+        assert int(row["class_id_1"]) == int(cache.test.logits[i].argmax())
+        probs = [float(row[f"prob_{r}"]) for r in (1, 2, 3)]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+    assert main(["predict", str(run_dir), str(single), "--head", "nope"]) == 2
+    assert main(["predict", str(run_dir), str(tmp_path / "missing.png")]) == 2
+
+
+def test_best_trial_model_is_logged_and_registered(tracked_run: dict, tmp_path: Path) -> None:
+    """The end of a sweep: the best trial's model goes to its child run and, with --register,
+    to the model registry (the tracked run stands in for the best trial)."""
+    from ltray.tracking import SpoolingClient
+    from ltray.tune.search import _log_best_model
+
+    uri, run_dir = tracked_run["uri"], tracked_run["run_dir"]
+    client = SpoolingClient(uri, tmp_path / "spool.jsonl")
+    parent = client.create_run("ltray", "sweep", {})
+    child = client.create_run("ltray", "trial-t1", {"mlflow.parentRunId": parent})
+    (tmp_path / "mlflow_runs.json").write_text(json.dumps({"t1": child}))
+    best = {"trial_id": "t1", "dir": str(run_dir)}
+    _log_best_model(client, tmp_path, parent, best, register="ltray-digits")
+
+    tags = mlflow.MlflowClient(uri).get_run(parent).data.tags
+    assert tags["ltray.best_model"] == f"runs:/{child}/model"
+    assert tags["ltray.registered_model"] == "models:/ltray-digits/1"
+    with mlflow_uri(uri):
+        model = mlflow.pytorch.load_model("models:/ltray-digits/1")
+    x = _test_batch(tracked_run["cfg"])[:8]
+    with torch.no_grad():
+        out = model(x)
+    np.testing.assert_allclose(out.numpy(), read_cache(run_dir).test.logits[:8], atol=ATOL, rtol=0)
