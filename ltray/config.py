@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,11 +50,21 @@ __all__ = [
     "flatten",
     "save_config",
     "known_keys",
+    "plain_message",
 ]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _absolute(path: str | None) -> str | None:
+    """A relative path made absolute against the current directory when the config is loaded:
+    Ray starts workers and trials in folders of their own. URIs and unexpanded ``${VAR}``
+    values (resolved by their reader) are kept as they are."""
+    if path is None or not path or "://" in path or "$" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 class DataConfig(_Section):
@@ -62,7 +73,12 @@ class DataConfig(_Section):
     name: str = Field("digits-lt", description="dataset source; see `ltray data sources`")
     root: str | None = Field(None, description="dataset root (ImageFolder tree, torchvision copy)")
     imbalance_ratio: float = Field(10.0, description="rho = n_max / n_min of the train split")
-    profile: Literal["exp", "step"] = "exp"
+    profile: Literal["exp", "step", "as_is"] | None = Field(
+        None,
+        description="exp | step: cut the train pool to that long-tailed profile; as_is: use the "
+        "train split as it is (your own long-tailed ImageFolder); default: as_is for an "
+        "ImageFolder whose train/ is already imbalanced (said in one line), exp otherwise",
+    )
     seed: int = Field(0, description="seed of the per-class selection and the val carve-out")
     train_list: str | None = Field(None, description="list file `relative/path label` (train)")
     val_list: str | None = None
@@ -86,6 +102,11 @@ class DataConfig(_Section):
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     image_size: int | None = Field(None, description="override the family's input size")
     download: bool = Field(False, description="allow torchvision to download (needs internet)")
+
+    @field_validator("root", "train_list", "val_list", "test_list")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _absolute(v)
 
     @field_validator("imbalance_ratio")
     @classmethod
@@ -112,7 +133,7 @@ class ModelConfig(_Section):
 
 
 class MemoryConfig(_Section):
-    """Class-mean memory of normalised features (METHODS §3)."""
+    """Class-mean memory of normalised features (docs/methods.md#memory-module)."""
 
     enabled: bool = True
     init_epoch: int = Field(1, ge=0, description="k: full-pass init at the end of epoch k")
@@ -129,7 +150,7 @@ class MemoryConfig(_Section):
 
 
 class KTConfig(_Section):
-    """Knowledge transfer from the NCM teacher to a second head (METHODS §5)."""
+    """Knowledge transfer from the NCM teacher to a second head (docs/methods.md#kt)."""
 
     enabled: bool = True
     phi: float = Field(0.8, description="weight of the distillation term, in [0, 1]")
@@ -138,7 +159,7 @@ class KTConfig(_Section):
     mask: Literal["correct", "all"] = Field(
         "correct",
         description="which samples are distilled: 'correct' = where the NCM teacher is right "
-        "(the dynamic mask of METHODS §5), 'all' = every sample",
+        "(the dynamic mask of docs/methods.md#kt), 'all' = every sample",
     )
     class_balance: bool = Field(
         False,
@@ -208,6 +229,11 @@ class EvalConfig(_Section):
     ece_bins: int = Field(15, ge=1)
     every: int = Field(1, ge=1, description="evaluate on val every N epochs")
     select_head: str = Field("linear", description="head whose val accuracy picks the best epoch")
+    select_group: Literal["overall", "top1", "top5", "many", "medium", "few"] = Field(
+        "overall",
+        description="which val accuracy of select_head picks the best epoch (a sweep on "
+        "val_<head>_<group> sets both)",
+    )
     ncm_full: Literal["final", "every"] = Field(
         "final",
         description="when the full-pass NCM head is scored on val: 'final' = at the memory's "
@@ -270,7 +296,7 @@ class TrackingConfig(_Section):
 
 
 class OLTRConfig(_Section):
-    """OLTR stage 2 (Liu et al. 2019; METHODS §9) on top of a stage-1 ltray run."""
+    """OLTR stage 2 (Liu et al. 2019; docs/methods.md#oltr) on top of a stage-1 ltray run."""
 
     stage1: str | None = Field(
         None, description="run dir of the stage-1 run (train.method=ce or kt); required"
@@ -291,9 +317,14 @@ class OLTRConfig(_Section):
     )
     centroid_lr_scale: float = Field(0.1, gt=0, description="lr factor of the centroids")
 
+    @field_validator("stage1")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _absolute(v)
+
 
 class LFMEConfig(_Section):
-    """LFME (Xiang et al. 2020; METHODS §9): experts per shot group, then one student."""
+    """LFME (Xiang et al. 2020; docs/methods.md#lfme): experts per shot group, then one student."""
 
     subset: Literal["many", "medium", "few"] | None = Field(
         None, description="the shot group an expert trains on (train.method=lfme_expert)"
@@ -317,6 +348,11 @@ class LFMEConfig(_Section):
     expert_epochs: int | None = Field(
         None, ge=1, description="train_lfme: expert epochs; default train.epochs"
     )
+
+    @field_validator("experts")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        return [_absolute(p) or p for p in v]
 
     @field_validator("selection_alpha", "curriculum_start")
     @classmethod
@@ -433,8 +469,8 @@ def _format_errors(
             section = _section_for(loc[:-1])
             choices = ", ".join(sorted(section.model_fields)) if section else ""
             msg = f"unknown key; valid keys here: {choices}"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
+        else:
+            msg = plain_message(err)
         if (
             "input" in err
             and err["type"] != "extra_forbidden"
@@ -454,6 +490,38 @@ def _format_errors(
     n = len(problems)
     head = f"{n} config problem{'s' if n > 1 else ''}: "
     return head + "; ".join(problems)
+
+
+_BOUNDS = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
+
+
+def plain_message(err: Any) -> str:
+    """One pydantic error in ltray's words: the rule, not pydantic's internal phrasing."""
+    kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, ") :]
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}".replace(" or ", ", ")
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()), "")
+        return f"must be {_BOUNDS[kind]} {bound}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind.startswith("int_"):
+        return "must be a whole number"
+    if kind.startswith("float_"):
+        return "must be a number"
+    if kind.startswith("bool_"):
+        return "must be true or false"
+    if kind in ("string_type", "list_type", "dict_type", "model_type", "model_attributes_type"):
+        want = {"string_type": "a string", "list_type": "a list"}.get(kind, "a mapping")
+        return f"must be {want}"
+    return msg
 
 
 def _section_for(loc: tuple[str, ...]) -> type[BaseModel] | None:

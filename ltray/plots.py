@@ -7,7 +7,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["per_class_plot"]
+__all__ = ["per_class_plot", "moving_average"]
+
+
+def moving_average(values: np.ndarray, k: int) -> np.ndarray:
+    """Centred moving average over ``k`` points of ``values`` [N] → [N].
+
+    Each point is the mean of the window's values that exist: near the ends the window is
+    cut short instead of padded with zeros (which drew the head and the tail of a per-class
+    curve too low), and NaN entries (classes absent from the split) are skipped.
+    """
+    v = np.asarray(values, dtype=float)
+    ok = np.isfinite(v)
+    window = np.ones(max(int(k), 1))
+    total = np.convolve(np.where(ok, v, 0.0), window, mode="same")
+    n = np.convolve(ok.astype(float), window, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
 def _plt() -> Any:
@@ -33,7 +49,7 @@ def per_class_plot(results: dict[str, Any], path: Path) -> Path:
         overall = 100 * per_split["test"]["overall"]
         if len(acc) > 50:  # smooth long class lists so the lines stay readable
             k = max(len(acc) // 50, 1)
-            acc = np.convolve(acc, np.ones(k) / k, mode="same")
+            acc = moving_average(acc, k)
         ax.plot(
             x,
             acc,

@@ -113,6 +113,9 @@ def _stats(dcfg: Any, plot: str | None, *, check_images: bool) -> int:
     )
     console.print(f"shot groups (classes): {groups}")
     console.print(f"splits: {info['sizes']}; {info['val_note']}")
+    for note in info.get("notes", []):
+        if note != info["val_note"]:  # the val/test warning is printed just above
+            console.print(f"note: {note}", markup=False)
     console.print(
         f"family: {data.family}, input {data.in_channels}x{data.image_size}x{data.image_size}"
     )

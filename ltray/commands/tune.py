@@ -38,6 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment)")
     p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the best trial's model in the MLflow model registry under NAME",
+    )
+    p.add_argument(
         "--from",
         dest="from_run",
         metavar="RUN_DIR",
@@ -56,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ltray.tune.search import SweepOptions, plan, run_sweep
+    from ltray.tune.search import SweepOptions, check_sweep, plan, run_sweep
     from ltray.tune.space import load_space
 
+    if args.register and args.no_mlflow:
+        from ltray.errors import ConfigError
+
+        raise ConfigError("--register NAME needs MLflow; drop --no-mlflow")
     space = load_space(args.space, args.overrides)  # every problem at once, before Ray starts
     opts = SweepOptions(
         address=args.address,
@@ -71,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         from_run=args.from_run,
         experiment=args.experiment,
+        register=args.register,
     )
+    check_sweep(space, opts)  # the same pass a real start runs, before Ray
     console = Console(width=None if sys.stdout.isatty() else 160)
     info = plan(space, opts)
     table = Table(title=f"sweep plan: {args.space}", show_header=False)

@@ -2,7 +2,7 @@
 val protocol → shot groups, validated up front and cheap to call again (decoded images come
 from the disk cache).
 
-Order of operations (METHODS §1):
+Order of operations (docs/methods.md#long-tailed-data):
 1. the source reads the dataset (``SOURCES[data.name]``);
 2. a single-pool source (digits) holds out a balanced test and val split per class first;
 3. unless the source is already long-tailed (list files), the train pool is cut to the profile
@@ -16,6 +16,7 @@ Order of operations (METHODS §1):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,7 +41,15 @@ if TYPE_CHECKING:  # torch is imported where images are touched, not where data 
     import torch
     from torch.utils.data import Dataset
 
-__all__ = ["LTData", "prepare_data", "SPLITS", "VAL_IS_TEST_NOTE"]
+__all__ = [
+    "LTData",
+    "prepare_data",
+    "SPLITS",
+    "VAL_IS_TEST_NOTE",
+    "AS_IS_RHO",
+    "resolve_profile",
+    "effective_profile",
+]
 
 SPLITS = ("train", "val", "test")
 VAL_IS_TEST_NOTE = (
@@ -129,6 +138,47 @@ class LTData:
         )
 
 
+# A folder's train/ whose largest class holds at least this many times the images of its
+# smallest is taken as already long-tailed when no data.profile is asked for.
+AS_IS_RHO = 2.0
+
+
+def resolve_profile(cfg: DataConfig, source: str, pool_counts: np.ndarray) -> str:
+    """The profile a split uses: ``data.profile`` when set; else ``as_is`` for an ImageFolder
+    whose train/ is already imbalanced (the user's own long-tailed data), ``exp`` otherwise."""
+    if cfg.profile is not None:
+        return cfg.profile
+    counts = np.asarray(pool_counts)
+    imbalanced = len(counts) > 1 and counts.max() >= AS_IS_RHO * max(int(counts.min()), 1)
+    return "as_is" if source == "imagefolder" and imbalanced else "exp"
+
+
+def as_is_note(root: str | None, pool_counts: np.ndarray) -> str:
+    """The one line that says an imbalanced folder is used as it is."""
+    hi, lo = int(np.max(pool_counts)), int(np.min(pool_counts))
+    return (
+        f"data.profile: {root}/train is already long-tailed ({hi} down to {lo} images per "
+        f"class, rho={hi / max(lo, 1):.0f}); used as it is, shot groups from its own counts "
+        "(data.profile=exp re-profiles it)"
+    )
+
+
+def effective_profile(cfg: DataConfig) -> str:
+    """What ``data.profile`` resolves to for ``cfg`` without decoding an image (an ImageFolder's
+    train/ is counted): two configs with the same effective profile make the same split."""
+    if cfg.name == "listfile":
+        return "given by the list file"
+    if cfg.profile is not None or cfg.name != "imagefolder" or cfg.root is None:
+        return cfg.profile or "exp"
+    from ltray.data.sources import scan_image_folder
+
+    train = Path(cfg.root).expanduser() / "train"
+    if not train.is_dir():
+        return "exp"
+    _, _, labels = scan_image_folder(train, rel_to=train.parent)
+    return resolve_profile(cfg, cfg.name, np.bincount(labels) if len(labels) else labels)
+
+
 def _holdout(src: SourceData, cfg: DataConfig, num_classes: int) -> tuple[Pool, Pool, Pool]:
     """Balanced test then val hold-outs out of a single pool (digits): (train, val, test)."""
     counts = np.bincount(src.train.labels, minlength=num_classes)
@@ -213,20 +263,27 @@ def prepare_data(
             what=f"the {src.name} train pool",
             fix="add images to that class folder or check data.root",
         )
-        n_max = int(pool_counts.min())
-        target = profile_counts(
-            n_max=n_max, num_classes=num_classes, rho=cfg.imbalance_ratio, profile=cfg.profile
-        )
-        check_no_empty_class(
-            target,
-            class_names=src.class_names,
-            what=f"the {cfg.profile} profile (n_max={n_max}, rho={cfg.imbalance_ratio:g})",
-            fix=f"lower data.imbalance_ratio (at most {n_max}) or use another data.profile",
-        )
-        train = train.subset(
-            select_long_tail(train.labels, target, seed=cfg.seed, class_names=src.class_names)
-        )
-        info.update(profile=cfg.profile, rho_requested=cfg.imbalance_ratio, n_max=n_max)
+        profile = resolve_profile(cfg, src.name, pool_counts)
+        if profile == "as_is":
+            # The train split is the folder's own: shot groups come from its counts.
+            info.update(profile="as_is", rho_requested=None, n_max=None)
+            if cfg.profile is None:
+                src.notes.append(as_is_note(src.root, pool_counts))
+        else:
+            n_max = int(pool_counts.min())
+            target = profile_counts(
+                n_max=n_max, num_classes=num_classes, rho=cfg.imbalance_ratio, profile=profile
+            )
+            check_no_empty_class(
+                target,
+                class_names=src.class_names,
+                what=f"the {profile} profile (n_max={n_max}, rho={cfg.imbalance_ratio:g})",
+                fix=f"lower data.imbalance_ratio (at most {n_max}) or use another data.profile",
+            )
+            train = train.subset(
+                select_long_tail(train.labels, target, seed=cfg.seed, class_names=src.class_names)
+            )
+            info.update(profile=profile, rho_requested=cfg.imbalance_ratio, n_max=n_max)
         fix = "lower data.imbalance_ratio or use another data.profile"
     counts = np.bincount(train.labels, minlength=num_classes).astype(np.int64)
     check_no_empty_class(counts, class_names=src.class_names, what="the train split", fix=fix)

@@ -171,7 +171,11 @@ def build_memory(train: SplitArrays, ctx: FitContext, source: str) -> Memory:
             "use memory=full or train with memory.enabled=true"
         )
     means = tensor(ctx.params["memory_ema"])
-    return Memory(means=means, valid=means.norm(dim=1) > 0, source="ema")
+    if "memory_ema_valid" in ctx.params:  # the run's own mask: classes the memory has seen
+        valid = tensor(ctx.params["memory_ema_valid"]) > 0.5
+    else:  # a cache written before the mask was saved
+        valid = means.norm(dim=1) > 0
+    return Memory(means=means, valid=valid, source="ema")
 
 
 def branches(

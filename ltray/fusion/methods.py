@@ -34,6 +34,7 @@ __all__ = [
     "available_methods",
     "fit_method",
     "evaluate_fitted",
+    "run_defaults",
     "run_method",
     "run_methods",
 ]
@@ -121,6 +122,20 @@ def evaluate_fitted(fitted: Fitted, split: SplitArrays, groups: np.ndarray) -> H
     return evaluate_logits(s.scores, np.asarray(split.labels), groups, probs=s.probs)
 
 
+def run_defaults(
+    cache: FeatureCache, name: str, settings: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``settings`` with what the run itself decided filled in: the NCM ``metric`` of a method
+    that has one is the run's ``memory.metric`` (cache meta ``memory_metric``) unless set, so
+    a ``memory.metric=euclidean`` run is fused with euclidean NCM, never a silent cosine."""
+    out = dict(settings or {})
+    spec = FUSION_METHODS.get(name, key="method")
+    run_metric = cache.meta.get("memory_metric")
+    if "metric" in spec.settings.model_fields and "metric" not in out and run_metric:
+        out["metric"] = run_metric
+    return out
+
+
 def run_method(
     cache: FeatureCache, name: str, settings: Mapping[str, Any] | None = None
 ) -> MethodResult:
@@ -129,7 +144,7 @@ def run_method(
     Unknown names or settings keys raise :class:`~ltray.errors.ConfigError` listing the valid
     ones, before any work.
     """
-    parsed = parse_settings(name, settings)
+    parsed = parse_settings(name, run_defaults(cache, name, settings))
     missing = missing_requirements(cache, name)
     if missing:
         from ltray.errors import CacheError

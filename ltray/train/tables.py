@@ -21,11 +21,20 @@ def _pct(v: float | None) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
+def epoch_label(results: dict[str, Any]) -> str:
+    """Which epoch the results are of: the best-val one, or the last when no epoch had a val
+    score of the selection metric."""
+    if results.get("checkpoint") == "last":
+        metric = f"val_{results.get('select_head')}_{results.get('select_group', 'overall')}"
+        return f"last epoch {results['best_epoch']} (no epoch reported {metric})"
+    return f"best-val epoch {results['best_epoch']}"
+
+
 def results_table(results: dict[str, Any]) -> Any:
     """The Many / Medium / Few / Overall (test) table of every head, as a rich Table."""
     from rich.table import Table
 
-    table = Table(title=f"test accuracy (%) — best-val epoch {results['best_epoch']}")
+    table = Table(title=f"test accuracy (%) — {epoch_label(results)}")
     for col in ("head", "Many", "Medium", "Few", "Overall", "top-5", "ECE", "val overall"):
         table.add_column(col, justify="left" if col == "head" else "right", no_wrap=True)
     for head, per_split in results["heads"].items():

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ltray.config import Config
-from ltray.errors import ConfigError, RunDirError
+from ltray.errors import ConfigError, LtrayError, RunDirError
 from ltray.paths import sweeps_dir
 from ltray.resources import check_fits, cluster_resources, local_resources, resolve_scaling
 from ltray.tune.space import POSTHOC, Space, to_tune
@@ -37,9 +37,13 @@ __all__ = [
     "sweep_paths",
     "plan",
     "trial_resources",
+    "check_sweep",
+    "check_resume",
 ]
 
-TRAIN_DRIVER = "train_driver"  # custom resource of a nested trial's Train driver (see DESIGN)
+# The custom resource a nested trial's Train driver takes
+# (docs/architecture.md#the-three-ray-levels).
+TRAIN_DRIVER = "train_driver"
 
 
 @dataclass
@@ -54,6 +58,7 @@ class SweepOptions:
     resume: bool = False
     from_run: str | None = None
     experiment: str | None = None
+    register: str | None = None  # register the best trial's model under this registry name
     callbacks: list[Any] = field(default_factory=list)  # extra Tune callbacks (library use)
 
 
@@ -180,8 +185,8 @@ def plan(space: Space, opts: SweepOptions) -> dict[str, Any]:
         "method": space.spec.method,
         "metric": space.metrics,
         "mode": space.modes,
-        "num_samples": opts.num_samples or s.num_samples,
-        "max_concurrent": opts.max_concurrent or s.max_concurrent,
+        "num_samples": _counts(space, opts)[0],
+        "max_concurrent": _counts(space, opts)[1],
         "scheduler": s.scheduler if not space.multi_objective else "none (multi-objective)",
         "sampler": f"{s.sampler} (seed {s.seed})",
         "epochs": space.base.train.epochs,
@@ -206,9 +211,65 @@ def _check_from_run(space: Space, opts: SweepOptions) -> None:
         raise ConfigError("--from applies to post-hoc spaces (kind: posthoc) only")
 
 
+def _counts(space: Space, opts: SweepOptions) -> tuple[int, int]:
+    """(num_samples, max_concurrent): the command line's when given (0 included), else the
+    space file's."""
+    s = space.spec.search
+    n = s.num_samples if opts.num_samples is None else opts.num_samples
+    c = s.max_concurrent if opts.max_concurrent is None else opts.max_concurrent
+    return n, c
+
+
+def check_sweep(space: Space, opts: SweepOptions) -> None:
+    """Everything that can be checked before Ray starts, every problem in one ConfigError:
+    the options, ``--from``, the config a post-hoc sweep trains without ``--from`` (the space
+    file's own checks ran in :func:`~ltray.tune.space.load_space`) and, for a local sweep,
+    whether one trial fits this machine. ``--dry-run`` runs exactly this."""
+    from ltray.validate import config_problems, format_problems
+
+    problems = []
+    for flag, value in zip(
+        ("--num-samples", "--max-concurrent"), _counts(space, opts), strict=True
+    ):
+        if value < 1:
+            problems.append(f"{flag} {value}: must be >= 1")
+    if space.spec.kind == POSTHOC and not opts.from_run and not opts.resume:
+        problems += [f"base: {x}" for x in config_problems(space.base)]
+    try:
+        _check_from_run(space, opts)
+    except LtrayError as exc:
+        problems.append(str(exc))
+    if opts.address is None:  # a local sweep: decide and check resources before Ray starts
+        try:
+            _fit_resources(space, local_resources(), "machine")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(format_problems(problems, where=str(space.path)))
+
+
+def check_resume(state: dict[str, Any], space: Space) -> None:
+    """``--resume`` continues the sweep that was started: refuse a command whose config differs
+    from the one saved with the sweep (and recorded in MLflow), naming every changed key."""
+    from ltray.config import flatten
+
+    saved = flatten(state.get("base", {}))
+    now = flatten(space.base.model_dump(mode="json"))
+    changed = [
+        f"{k}={now[k]!r} (the sweep has {saved[k]!r})"
+        for k in sorted(set(saved) & set(now))
+        if saved[k] != now[k]
+    ]
+    if changed:
+        raise ConfigError(
+            f"--resume: this command changes the sweep's saved config: {'; '.join(changed)}; "
+            "resume without these overrides, or start a new sweep with another --name"
+        )
+
+
 def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
     """[1] Run (or resume) a sweep; returns a summary with the best trial."""
-    _check_from_run(space, opts)
+    check_sweep(space, opts)
     storage, name, local = sweep_paths(space, opts)
     exp_path = f"{storage}/{name}"
     if opts.resume:
@@ -220,16 +281,14 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
             "choose another --name"
         )
 
-    s = space.spec.search
-    num_samples = opts.num_samples or s.num_samples
-    max_concurrent = opts.max_concurrent or s.max_concurrent
+    num_samples, max_concurrent = _counts(space, opts)
     space = _select_head_from_metric(space)
-    if opts.address is None:  # a local sweep: decide and check resources before Ray starts
-        _fit_resources(space, local_resources(), "machine")
     local.mkdir(parents=True, exist_ok=True)
     from ltray.tracking import mlflow_params, resolve_tracking_uri
 
     state: dict[str, Any] = json.loads((local / "sweep.json").read_text()) if opts.resume else {}
+    if opts.resume:
+        check_resume(state, space)
     from_run = opts.from_run or state.get("from_run")
     if space.spec.kind == POSTHOC and not from_run:
         # No cached run given: train the base config once (the embedded default by default).
@@ -241,14 +300,19 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
         )
         from_run = str(base_run)
 
-    from ltray.train.driver import ray_init
+    from ltray.train.driver import TRAINING_RAY, ray_init
 
     nested = space.spec.kind != POSTHOC and space.base.scaling.num_workers > 1
-    # A local Ray always gets the custom resource nested trials' Train drivers take (DESIGN).
+    # A local Ray always gets the custom resource nested trials' Train drivers take
+    # (docs/architecture.md#the-three-ray-levels).
     ray_init(
         opts.address,
         dashboard=True,
-        **({} if opts.address else {"resources": {TRAIN_DRIVER: 1000}}),
+        **(
+            {}
+            if opts.address
+            else {"resources": {TRAIN_DRIVER: 1000}, "_system_config": dict(TRAINING_RAY)}
+        ),
     )
     import ray
 
@@ -327,7 +391,12 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
                 storage_path=storage,
                 callbacks=[*callbacks, *opts.callbacks],
                 failure_config=tune.FailureConfig(max_failures=1),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # The best checkpoint by the sweep metric; Ray also keeps the latest one.
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1,
+                    checkpoint_score_attribute=space.metrics[0],
+                    checkpoint_score_order=space.modes[0],
+                ),
                 verbose=1,
             ),
         )
@@ -349,21 +418,63 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
             parent, {f"best_{k}": v for k, v in best.get("metrics", {}).items()}, step=0
         )
         client.log_artifact(parent, str(local / "summary.json"))
+        _log_best_model(client, local, parent, best, register=opts.register)
         client.set_terminated(parent)
         client.flush()
     return summary
 
 
+def _log_best_model(
+    client: Any, sweep_dir: Path, parent: str, best: dict[str, Any], *, register: str | None
+) -> None:
+    """The best trial's network as an MLflow model in its child run (a post-hoc sweep's trials
+    have none); the parent run's ``ltray.best_model`` tag points at it; with ``register``, it
+    becomes a new version of that registered model."""
+    from ltray.tracking import log_run_model
+
+    trial_dir = Path(best.get("dir", ""))
+    runs_path = sweep_dir / "mlflow_runs.json"
+    if not (trial_dir / "checkpoints" / "best.pt").is_file() or not runs_path.is_file():
+        return
+    child = json.loads(runs_path.read_text()).get(best["trial_id"])
+    uri = log_run_model(client, child, trial_dir) if child else None
+    if uri is None:
+        return
+    client.set_tag(parent, "ltray.best_model", uri)
+    if register:
+        import warnings
+
+        from ltray.inference.model import register_model
+
+        try:
+            version = register_model(uri, register, tracking_uri=client.tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - the sweep's results are kept regardless
+            warnings.warn(f"--register {register}: {uri} not registered ({exc})", stacklevel=2)
+            return
+        client.set_tag(parent, "ltray.registered_model", version)
+
+
 def _select_head_from_metric(space: Space) -> Space:
-    """Tuning ``val_<head>_...``: pick each trial's best epoch by that head too, so the test
-    numbers belong to the checkpoint the metric chose (unless the base config sets it)."""
-    head = space.metrics[0].split("_")[1] if space.metrics[0].startswith("val_") else None
-    if head == "ncm":
-        head = "_".join(space.metrics[0].split("_")[1:3])
-    explicit = "select_head" in space.spec.base.get("eval", {})
-    if head and not explicit and space.spec.kind != POSTHOC:
+    """Tuning ``val_<head>_<group>``: pick each trial's best epoch by that head and group too
+    (``val_kt_few`` → the epoch with the best KT few-shot accuracy), so the checkpoint, the
+    cache and the test numbers belong to the epoch the metric chose. Keys the base config sets
+    explicitly are kept; a metric that is not an accuracy (ece) leaves the group alone."""
+    from ltray.validate import SELECT_KEYS
+
+    metric = space.metrics[0]
+    if space.spec.kind == POSTHOC or not metric.startswith("val_"):
+        return space
+    head, group = metric[len("val_") :].rsplit("_", 1)
+    given = space.spec.base.get("eval", {})
+    update: dict[str, Any] = {}
+    if "select_head" not in given:
+        update["select_head"] = head
+    chosen = update.get("select_head", space.base.eval.select_head)
+    if "select_group" not in given and group in SELECT_KEYS and chosen == head:
+        update["select_group"] = group
+    if update:
         space.base = space.base.model_copy(
-            update={"eval": space.base.eval.model_copy(update={"select_head": head})}
+            update={"eval": space.base.eval.model_copy(update=update)}
         )
     return space
 

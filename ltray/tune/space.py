@@ -43,9 +43,11 @@ from ltray.config import (
     apply_overrides,
     build_config,
     known_keys,
+    plain_message,
     read_yaml,
 )
 from ltray.errors import ConfigError, SpaceError
+from ltray.validate import config_problems, metric_problems
 
 __all__ = ["Param", "SearchSettings", "SpaceFile", "Space", "load_space", "to_tune", "POSTHOC"]
 
@@ -88,6 +90,9 @@ class SpaceFile(_Strict):
     space: dict[str, Param]
     search: SearchSettings = Field(default_factory=SearchSettings)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {"search": SearchSettings, "scaling": ScalingConfig}
 
 
 class Space:
@@ -175,6 +180,47 @@ def _value_problems(key: str, p: Param, check: Any) -> list[str]:
     return out
 
 
+def _joined(problems: list[str], path: Path) -> str:
+    unique = list(dict.fromkeys(problems))
+    n = len(unique)
+    return f"{n} problem{'s' if n > 1 else ''} in {path}: " + "; ".join(unique)
+
+
+def _validate_file(
+    raw: dict[str, Any], p: Path, lines: dict[tuple[str, ...], int], problems: list[str]
+) -> tuple[SpaceFile | None, dict[str, Any]]:
+    """The file's schema, every problem collected: a bad section (or space entry) is noted and
+    left out, and the rest is validated again, so one mistake does not hide the others."""
+    raw = copy.deepcopy(raw)
+    for _ in range(4):
+        try:
+            return SpaceFile.model_validate(raw), raw
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = tuple(str(x) for x in err["loc"])
+                line = lines.get(loc) or lines.get(loc[:2]) or lines.get(loc[:1])
+                where = f"{p}:{line}: " if line else f"{p}: "
+                if err["type"] == "extra_forbidden":
+                    parent = SpaceFile if len(loc) == 1 else _SECTIONS.get(loc[0])
+                    valid = ", ".join(parent.model_fields) if parent else ""
+                    msg = f"unknown key; valid keys here: {valid}"
+                else:
+                    msg = plain_message(err)
+                    if "input" in err and not isinstance(err["input"], dict):
+                        msg += f" (got {err['input']!r})"
+                problems.append(f"{where}{'.'.join(loc)}: {msg}")
+                # Leave the bad part out and look for the next problems.
+                if loc[:1] == ("space",) and len(loc) > 1 and isinstance(raw.get("space"), dict):
+                    raw["space"].pop(loc[1], None)
+                elif loc[0] in _SECTIONS and len(loc) > 1 and isinstance(raw.get(loc[0]), dict):
+                    raw[loc[0]].pop(loc[1], None)
+                elif loc and loc[0] != "space":
+                    raw.pop(loc[0], None)
+                else:
+                    return None, raw
+    return None, raw
+
+
 def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
     """Read and validate a space file (``overrides`` apply to its base config); every problem
     in one :class:`SpaceError`. Nothing is started."""
@@ -184,15 +230,9 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
     except ConfigError as exc:
         raise SpaceError(str(exc)) from None
     problems: list[str] = []
-    try:
-        spec = SpaceFile.model_validate(raw)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(str(x) for x in err["loc"])
-            line = lines.get(loc) or lines.get(loc[:2]) or lines.get(loc[:1])
-            where = f"{p}:{line}: " if line else f"{p}: "
-            problems.append(f"{where}{'.'.join(loc)}: {err['msg']}")
-        raise SpaceError(f"{len(problems)} problem(s) in {p}: " + "; ".join(problems)) from None
+    spec, raw = _validate_file(raw, p, lines, problems)
+    if spec is None:
+        raise SpaceError(_joined(problems, p)) from None
 
     base_raw = copy.deepcopy(spec.base)
     if "scaling" in raw:
@@ -258,13 +298,24 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
                 problems += [line_of(key) + s for s in _value_problems(key, param, check)]
     else:
         keys = known_keys()
+        metrics = (
+            spec.search.metric if isinstance(spec.search.metric, list) else [spec.search.metric]
+        )
+        # The pass `ltray train` runs, on the base and on the metric the sweep selects on.
+        config_found = config_problems(base) if base is not None else []
+        metric_found = metric_problems(base, metrics) if base is not None else []
+        problems += [f"base: {x}" for x in config_found] + metric_found
+        base_problems = config_found + metric_found
 
         def check(key: str, value: Any) -> str | None:
             try:
-                build_config(base_raw, overrides=[f"{key}={value}"])
+                trial = build_config(base_raw, overrides=[f"{key}={value}"])
             except ConfigError as exc:
                 return str(exc).split(": ", 1)[-1]
-            return None
+            # What only this value breaks (e.g. train.method=ce with a val_kt_* metric).
+            new = config_problems(trial) + metric_problems(trial, metrics)
+            seen = {x.split(":", 1)[0] for x in base_problems}
+            return "; ".join(x for x in new if x.split(":", 1)[0] not in seen) or None
 
         for key, param in spec.space.items():
             if key not in keys:
@@ -280,6 +331,8 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
 
     s = spec.search
     metrics = s.metric if isinstance(s.metric, list) else [s.metric]
+    if spec.kind == POSTHOC and base is not None:
+        problems += metric_problems(base, metrics, kind=POSTHOC)
     if isinstance(s.mode, list) and len(s.mode) != len(metrics):
         problems.append(f"{p}: search.mode has {len(s.mode)} entries for {len(metrics)} metrics")
     if len(metrics) > 1 and s.scheduler == "asha":
@@ -290,8 +343,7 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
     if not spec.space:
         problems.append(f"{p}: space: empty; add at least one key to search")
     if problems:
-        n = len(problems)
-        raise SpaceError(f"{n} problem{'s' if n > 1 else ''} in {p}: " + "; ".join(problems))
+        raise SpaceError(_joined(problems, p))
     assert base is not None
     return Space(p, spec, base)
 

@@ -231,3 +231,51 @@ def test_listfile_lazy_images(tmp_path: Path) -> None:
         DataError, match=r"test.txt:2: label 5 is out of range; valid labels are 0..1"
     ):
         prepare_data(cfg)
+
+
+# ------------------------------------------------- bring your own long-tailed folder (issue 13)
+
+MY_LT = {
+    "train": {"a": 60, "b": 25, "c": 9, "d": 4},
+    "test": {"a": 6, "b": 6, "c": 6, "d": 6},
+}
+
+
+def test_an_imbalanced_folder_is_used_as_it_is_and_says_so(tmp_path: Path) -> None:
+    """Before: n_max = the smallest class (4) and the exp profile again: 4+1+0+0 images,
+    'class 2 is left with no training images'."""
+    _tree(tmp_path, MY_LT)
+    cfg = DataConfig(
+        name="imagefolder", root=str(tmp_path), val_per_class=2, many_threshold=30, few_threshold=8
+    )
+    data = prepare_data(cfg)
+    assert data.class_counts.tolist() == [60, 25, 9, 4]  # every train image kept
+    assert data.groups.tolist() == [0, 1, 1, 2]  # shot groups from the folder's own counts
+    assert data.split_info["profile"] == "as_is" and data.split_info["rho"] == 15
+    notes = [n for n in data.split_info["notes"] if n.startswith("data.profile")]
+    assert len(notes) == 1 and "already long-tailed (60 down to 4" in notes[0]
+
+
+def test_as_is_on_request_and_exp_on_request(tmp_path: Path) -> None:
+    _tree(tmp_path, MY_LT)
+    base = {"name": "imagefolder", "root": str(tmp_path), "val_per_class": 2}
+    asked = prepare_data(DataConfig(**base, profile="as_is"))
+    assert asked.class_counts.tolist() == [60, 25, 9, 4]
+    assert not [n for n in asked.split_info["notes"] if n.startswith("data.profile")]
+    exp = prepare_data(DataConfig(**base, profile="exp", imbalance_ratio=4))
+    assert exp.class_counts.tolist() == [4, 2, 1, 1]  # the old behaviour, when asked for
+
+
+def test_a_balanced_folder_still_gets_the_default_exp_profile(tmp_path: Path) -> None:
+    _tree(tmp_path, {"train": {"a": 12, "b": 12, "c": 12}, "test": {"a": 5, "b": 5, "c": 5}})
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), imbalance_ratio=4, val_per_class=2)
+    data = prepare_data(cfg)
+    assert data.split_info["profile"] == "exp" and data.class_counts.tolist() == [12, 6, 3]
+
+
+def test_an_unset_profile_and_its_resolution_are_the_same_split(tmp_path: Path) -> None:
+    from ltray.data.prepare import effective_profile
+
+    _tree(tmp_path, MY_LT)
+    assert effective_profile(DataConfig(name="imagefolder", root=str(tmp_path))) == "as_is"
+    assert effective_profile(DataConfig()) == "exp" == effective_profile(DataConfig(profile="exp"))

@@ -171,3 +171,38 @@ def test_compiled_training_forward_matches_eager(tmp_path: Path) -> None:
     a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_the_best_epoch_follows_the_selection_head_and_group(tmp_path: Path) -> None:
+    """A sweep on val_kt_few keeps the epoch with the best KT few-shot accuracy, not the
+    best overall one (issue 13)."""
+    ctx = LocalContext()
+    cfg = load_config(None, [*TINY, "eval.select_head=kt", "eval.select_group=few"])
+    results = run_training(cfg, tmp_path, ctx)
+    scores = [m["val_kt_few"] for m in ctx.reports]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # the first maximum
+    assert results is not None and results["best_epoch"] == best + 1
+    assert [bool(m.get("is_best")) for m in ctx.reports][0]  # epoch 1 is always a best so far
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert (saved["checkpoint"], saved["select_head"], saved["select_group"]) == (
+        "best",
+        "kt",
+        "few",
+    )
+
+
+def test_a_run_that_never_had_a_val_score_does_not_call_the_last_epoch_best(
+    tmp_path: Path,
+) -> None:
+    # rho = 1: every class is many-shot, so no epoch ever reports val_linear_few.
+    cfg = load_config(
+        None, [*TINY, "train.epochs=2", "data.imbalance_ratio=1", "eval.select_group=few"]
+    )
+    ctx = LocalContext()
+    results = run_training(cfg, tmp_path, ctx)
+    assert all("val_linear_few" not in m for m in ctx.reports)
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert results is not None and saved["checkpoint"] == "last" and saved["best_epoch"] == 2
+    text = (tmp_path / "table.txt").read_text()
+    assert "last epoch 2" in text and "best-val epoch" not in text
