@@ -141,11 +141,13 @@ def run(args: argparse.Namespace) -> int:
         )
         rep = load_reproduction(args.config, args.overrides, cli)
         if args.dry_run:
-            from ltray.reproduce.driver import plan_of
+            from ltray.reproduce.driver import check_runs, plan_of
 
+            plan = plan_of(rep)
+            check_runs(plan)  # the same validation a real start runs
             for note in rep.notes:
                 console.print(f"[reproduce] {note}", highlight=False, markup=False)
-            _print_plan(console, plan_of(rep), Path(args.out or "DIR"))
+            _print_plan(console, plan, Path(args.out or "DIR"))
             return 0
         plan, out_dir = start(rep, args.out)
     for note in plan.notes:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltray.errors import RunDirError
+from ltray.errors import ConfigError, RunDirError
 from ltray.reproduce.plan import Plan, build_plan, pending_posthoc, pending_runs, read_plan
 from ltray.reproduce.report import Tables, build_tables, collect_records, save_tables
 from ltray.reproduce.runner import Outcome, execute
@@ -77,6 +77,7 @@ def start(rep: Reproduction, out: str | Path | None = None) -> tuple[Plan, Path]
     from ltray.reproduce.plan import write_plan
 
     plan = plan_of(rep)
+    check_runs(plan)
     if out is None:
         out_dir = default_out_dir(rep.source)
     else:
@@ -89,6 +90,24 @@ def start(rep: Reproduction, out: str | Path | None = None) -> tuple[Plan, Path]
         out_dir.mkdir(parents=True, exist_ok=True)
     write_plan(plan, out_dir)
     return plan, out_dir
+
+
+def check_runs(plan: Plan) -> None:
+    """Every planned run's config passes ltray's validation, before Ray and before any folder
+    is made (the directories of earlier runs a run reads do not exist yet: not checked)."""
+    from ltray.reproduce.plan import run_config
+    from ltray.validate import config_problems, format_problems
+
+    problems = []
+    for run in plan.runs:
+        cfg = run_config(plan, run, Path("/nonexistent-reproduction"))
+        problems += [
+            f"{run.id}: {p}"
+            for p in config_problems(cfg)
+            if not any(p.startswith(key) for key in run.refs)
+        ]
+    if problems:
+        raise ConfigError(format_problems(problems, where=plan.source))
 
 
 def resume(out_dir: str | Path) -> tuple[Plan, Path]:

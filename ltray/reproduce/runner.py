@@ -160,13 +160,14 @@ def _start_ray(plan: Plan, address: str | None, num_cpus: int | None) -> bool:
     """Start a local Ray (or join ``address``); True when this call started it."""
     import ray
 
-    from ltray.train.driver import ray_init
+    from ltray.train.driver import TRAINING_RAY, ray_init
 
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {}
     if address in (None, "local"):
         kwargs["resources"] = {TRAIN_DRIVER: 1000}
+        kwargs["_system_config"] = dict(TRAINING_RAY)
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
     ray_init(address, dashboard=False, **kwargs)

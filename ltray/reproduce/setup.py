@@ -87,17 +87,23 @@ def epoch_overrides(cfg: Config, epochs: int) -> tuple[list[str], str | None]:
     out = [f"train.epochs={epochs}"]
     if cfg.lfme.expert_epochs is not None:
         out.append(f"lfme.expert_epochs={epochs}")
-    if epochs == t.epochs or not (t.warmup_epochs or t.milestones):
+    notes = []
+    k = cfg.memory.init_epoch
+    if k >= epochs > 0:
+        # the memory (the KT teacher, the NCM heads) must exist before the last epoch ends
+        k_new = min(epochs - 1, round(k * epochs / t.epochs))
+        out.append(f"memory.init_epoch={k_new}")
+        notes.append(f"memory.init_epoch {k} → {k_new}")
+    if epochs != t.epochs and (t.warmup_epochs or t.milestones):
+        scale = epochs / t.epochs
+        warmup = round(t.warmup_epochs * scale)
+        milestones = [max(1, round(m * scale)) for m in t.milestones]
+        out += [f"train.warmup_epochs={warmup}", f"train.milestones={milestones}"]
+        notes.insert(0, f"warm-up {t.warmup_epochs} → {warmup}, milestones {t.milestones} → "
+                        f"{milestones}")  # fmt: skip
+    if not notes:
         return out, None
-    scale = epochs / t.epochs
-    warmup = round(t.warmup_epochs * scale)
-    milestones = [max(1, round(m * scale)) for m in t.milestones]
-    out += [f"train.warmup_epochs={warmup}", f"train.milestones={milestones}"]
-    note = (
-        f"--epochs {epochs}: schedule rescaled from {t.epochs} epochs (warm-up "
-        f"{t.warmup_epochs} → {warmup}, milestones {t.milestones} → {milestones})"
-    )
-    return out, note
+    return out, f"--epochs {epochs}: rescaled from {t.epochs} epochs ({'; '.join(notes)})"
 
 
 def _options_raw(section: Any, cli: CliOptions, source: str) -> dict[str, Any]:

@@ -53,10 +53,11 @@ def test_imagenet_preset_requires_the_list_files() -> None:
     assert rep.cfg.model.backbone == "resnet10" and rep.cfg.train.epochs == 90
 
 
+KNOWN = "cifar10-lt, cifar10-lt-30, imagenet-lt, mnist-lt-few, quick"
+
+
 def test_unknown_preset_lists_the_known_ones() -> None:
-    with pytest.raises(
-        ConfigError, match="unknown preset.*cifar10-lt, cifar10-lt-30, imagenet-lt, quick"
-    ):
+    with pytest.raises(ConfigError, match=f"unknown preset.*{KNOWN}"):
         resolve_config("cifar100-lt")
     with pytest.raises(ConfigError, match="file not found"):
         resolve_config("missing/file.yaml")
@@ -65,7 +66,7 @@ def test_unknown_preset_lists_the_known_ones() -> None:
 def test_unknown_preset_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reproduce", "--config", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "known presets: cifar10-lt, cifar10-lt-30, imagenet-lt, quick" in err[0]
+    assert len(err) == 1 and f"known presets: {KNOWN}" in err[0]
 
 
 def test_bad_reproduce_section_reports_every_problem(tmp_path: Path) -> None:
@@ -110,6 +111,14 @@ def test_epochs_rescales_warmup_and_milestones() -> None:
     assert overrides == ["train.epochs=3"] and note is None  # cosine: nothing to rescale
 
 
+def test_epochs_keeps_the_memory_built_before_the_last_epoch_ends() -> None:
+    # quick: memory.init_epoch=1; with --epochs 1 the KT teacher would never exist
+    overrides, note = epoch_overrides(load_reproduction("quick").cfg, 1)
+    assert "memory.init_epoch=0" in overrides and note and "memory.init_epoch 1 → 0" in note
+    rep = load_reproduction("quick", cli=CliOptions(epochs=1))
+    assert rep.cfg.memory.init_epoch == 0
+
+
 def test_resume_refuses_plan_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["reproduce", "--resume", str(tmp_path), "--seeds", "3"]) == 2
     assert "drop --seeds" in capsys.readouterr().err
@@ -120,3 +129,16 @@ def test_resume_refuses_plan_options(capsys: pytest.CaptureFixture[str], tmp_pat
 def test_table_only_needs_resume(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reproduce", "--table-only"]) == 2
     assert "add --resume DIR" in capsys.readouterr().err
+
+
+def test_a_run_the_plan_cannot_train_stops_the_start_before_ray_and_folders(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # the KT runs would never see their teacher: caught for the planned run, nothing created
+    out = tmp_path / "rep"
+    args = ["reproduce", "--config", "quick", "--no-mixup", "memory.init_epoch=9"]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "memory.init_epoch=9" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert main([*args, "--dry-run"]) == 2
