@@ -1,4 +1,4 @@
-"""Adaptive switch module, ASM (METHODS §4): a small scorer deciding, per image, whether to
+"""Adaptive switch module, ASM (docs/methods.md#asm): a small scorer deciding, per image, whether to
 trust NCM instead of the linear head.
 
 Input [top-k sorted linear logits (k = min(100, C)); LeakyReLU₀.₁(W₁ĥ + c₁)], W₁: d → 50; the
@@ -6,12 +6,22 @@ output layer is one linear unit over that concatenation, giving the score s. Tar
 head is wrong AND NCM is right. BCE balanced over the binary label (each label carries half the
 weight), SGD lr 0.1, 10 epochs over the cached TRAIN features, the epoch chosen by val F1 (at
 σ(s) > 0.5); inference takes NCM's prediction where σ(s) > τ, τ chosen on val overall accuracy.
+
+Where the switch learns (``fit_on``): on the train features the linear head is nearly always right
+and every image sits inside its own class mean, so the target "switch to NCM" is rare there and
+unlike val or test. ``fit_on=val_crossfit`` fits it on val instead, by K-fold cross-fitting: each
+fold is scored by a switch trained on the other folds, the epoch and τ are chosen on those
+out-of-fold scores, and the final switch is trained on all of val for the chosen epochs (the class
+means still come from train).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,7 +40,7 @@ from ltray.fusion.base import (
 )
 from ltray.fusion.ncm import normalize
 from ltray.fusion.rules import FnFitted
-from ltray.fusion.select import balanced_accuracy, grid, train_and_select
+from ltray.fusion.select import EpochChoice, balanced_accuracy, grid, train_and_select
 
 __all__ = ["ASMNet", "asm_target", "asm_inputs", "binary_f1", "ASMSettings", "fit_asm"]
 
@@ -102,9 +112,15 @@ class ASMSettings(NCMSettings):
     tau_step: float = Field(0.05, gt=0)
     standardize: bool = Field(
         True,
-        description="z-score the top-k logits with train mean/std (an affine map the output "
-        "layer could absorb; it only fixes SGD's conditioning on raw logit scales)",
+        description="z-score the top-k logits with the fit split's mean/std (an affine map the "
+        "output layer could absorb; it only fixes SGD's conditioning on raw logit scales)",
     )
+    fit_on: Literal["train", "val_crossfit"] = Field(
+        "train",
+        description="train: the cached train features, epoch and tau chosen on val; "
+        "val_crossfit: K-fold cross-fitting on val (out-of-fold scores choose epoch and tau)",
+    )
+    folds: int = Field(5, ge=2, description="K of fit_on=val_crossfit (folds stratified by class)")
 
 
 def _balanced_bce(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -115,11 +131,37 @@ def _balanced_bce(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (F.binary_cross_entropy_with_logits(s, t, reduction="none") * w).sum() / w.sum()
 
 
+def _stratified_folds(labels: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """fold id in [0, k) of every sample, each class dealt round-robin in a seeded order."""
+    folds = torch.empty_like(labels)
+    for c in labels.unique():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        folds[idx] = torch.arange(len(idx)) % k
+    return folds
+
+
+def _choose_tau(
+    p: torch.Tensor,
+    pred_d: torch.Tensor,
+    pred_l: torch.Tensor,
+    y: torch.Tensor,
+    settings: ASMSettings,
+    num_classes: int,
+) -> tuple[float, float]:
+    """(τ, its val overall accuracy): NCM's prediction where p > τ, the linear head's elsewhere."""
+    taus = grid(settings.tau_min, settings.tau_max, settings.tau_step)
+    accs = [balanced_accuracy(torch.where(p > tau, pred_d, pred_l), y, num_classes) for tau in taus]
+    best = int(np.argmax(accs))
+    return taus[best], accs[best]
+
+
 @register_method("asm", ASMSettings, summary="switch to NCM where σ(s) > τ; epoch by F1, τ on val")
 def fit_asm(
     train: SplitArrays, val: SplitArrays, ctx: FitContext, settings: ASMSettings
 ) -> FnFitted:
-    """Fit the switch on cached train features; epoch by val F1, τ by val overall accuracy."""
+    """Fit the switch (on train, or cross-fitted on val: ``settings.fit_on``); epoch by val F1,
+    τ by val overall accuracy."""
     k = min(settings.top_k, ctx.num_classes)
     memory = build_memory(train, ctx, settings.memory)
 
@@ -127,41 +169,55 @@ def fit_asm(
         z_l, z_d = branches(s, memory, settings.metric)
         return z_l, z_d, asm_inputs(z_l, k), normalize(tensor(s.features))
 
-    mu, sd = torch.zeros(k), torch.ones(k)
-    zl_tr, zd_tr, top_tr, h_tr = prepare(train)
-    if settings.standardize:
-        mu, sd = top_tr.mean(0), top_tr.std(0).clamp_min(1e-6)
-        top_tr = (top_tr - mu) / sd
-    t_tr = asm_target(zl_tr, zd_tr, torch.as_tensor(train.labels, dtype=torch.long))
     zl_va, zd_va, top_va, h_va = prepare(val)
-    top_va = (top_va - mu) / sd
     y_va = torch.as_tensor(val.labels, dtype=torch.long)
     t_va = asm_target(zl_va, zd_va, y_va)
-    gen = torch.Generator().manual_seed(settings.seed)
-    net = ASMNet.init(h_tr.shape[1], k, gen)
-
-    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        return _balanced_bce(net.score(top_tr[idx], h_tr[idx]), t_tr[idx])
-
-    choice = train_and_select(
-        net.tensors(),
-        batch_loss,
-        lambda g: torch.randperm(len(t_tr), generator=g),
-        lambda: binary_f1(net.score(top_va, h_va) > 0, t_va),
-        **settings.sgd(),
-        seed=settings.seed + 1,
-        include_init=False,
-    )
-    with torch.no_grad():
-        p_va = torch.sigmoid(net.score(top_va, h_va))
     pred_l, pred_d = zl_va.argmax(1), zd_va.argmax(1)
-    taus = grid(settings.tau_min, settings.tau_max, settings.tau_step)
-    accs = [
-        balanced_accuracy(torch.where(p_va > tau, pred_d, pred_l), y_va, ctx.num_classes)
-        for tau in taus
-    ]
-    best = int(np.argmax(accs))
-    tau = taus[best]
+    if settings.fit_on == "train":
+        zl_tr, zd_tr, top_tr, h_tr = prepare(train)
+        t_tr = asm_target(zl_tr, zd_tr, torch.as_tensor(train.labels, dtype=torch.long))
+        mu, sd = _standardizer(top_tr, settings)
+        net, choice = _fit_switch(
+            (top_tr - mu) / sd,
+            h_tr,
+            t_tr,
+            settings,
+            lambda n: binary_f1(n.score((top_va - mu) / sd, h_va) > 0, t_va),
+        )
+        with torch.no_grad():
+            p_va = torch.sigmoid(net.score((top_va - mu) / sd, h_va))
+        epoch, f1, history, positive = choice.epoch, choice.score, choice.history, t_tr.mean()
+    else:
+        mu, sd = _standardizer(top_va, settings)
+        x_va = (top_va - mu) / sd
+        gen = torch.Generator().manual_seed(settings.seed)
+        folds = _stratified_folds(y_va, settings.folds, gen)
+        # oof[e, i]: the score of val image i after e epochs of a switch that never saw its fold
+        oof = torch.zeros(settings.epochs + 1, len(y_va))
+        for f in range(settings.folds):
+            out, inn = folds == f, folds != f
+            epoch_scores: list[torch.Tensor] = []
+
+            def record(n: ASMNet, out: torch.Tensor = out, acc: list = epoch_scores) -> float:
+                acc.append(n.score(x_va[out], h_va[out]))
+                return float(len(acc))  # rising: leaves the last epoch's weights (unused)
+
+            _fit_switch(x_va[inn], h_va[inn], t_va[inn], settings, record)
+            oof[:, out] = torch.stack(epoch_scores)
+        f1s = [binary_f1(oof[e] > 0, t_va) for e in range(1, settings.epochs + 1)] or [0.0]
+        epoch = int(np.argmax(f1s)) + 1 if settings.epochs else 0
+        f1, history = f1s[epoch - 1] if epoch else 0.0, f1s
+        p_va = torch.sigmoid(oof[epoch])
+        ticks = itertools.count()
+        net, _ = _fit_switch(
+            x_va,
+            h_va,
+            t_va,
+            settings.model_copy(update={"epochs": epoch}),
+            lambda n: float(next(ticks)),  # a rising score: the last epoch is kept
+        )
+        positive = t_va.mean()
+    tau, val_score = _choose_tau(p_va, pred_d, pred_l, y_va, settings, ctx.num_classes)
     final = ASMNet(*(x.detach().clone() for x in net.tensors()))
 
     def fn(s: SplitArrays) -> Scores:
@@ -173,11 +229,46 @@ def fit_asm(
     return FnFitted(
         fn,
         chosen={
-            "epoch": choice.epoch,
-            "val_f1": choice.score,
+            "fit_on": settings.fit_on,
+            "epoch": epoch,
+            "val_f1": f1,
             "tau": tau,
-            "val_score": accs[best],
-            "train_positive_rate": float(t_tr.mean()),
-            "val_f1_history": [round(v, 6) for v in choice.history],
+            "val_score": val_score,
+            "fit_positive_rate": float(positive),
+            "val_positive_rate": float(t_va.mean()),
+            "val_f1_history": [round(v, 6) for v in history],
         },
     )
+
+
+def _standardizer(top: torch.Tensor, settings: ASMSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    k = top.shape[1]
+    if not settings.standardize:
+        return torch.zeros(k), torch.ones(k)
+    return top.mean(0), top.std(0).clamp_min(1e-6)
+
+
+def _fit_switch(
+    top: torch.Tensor,
+    h: torch.Tensor,
+    target: torch.Tensor,
+    settings: ASMSettings,
+    score: Callable[[ASMNet], float],
+) -> tuple[ASMNet, EpochChoice]:
+    """SGD on the balanced BCE from a seeded init; ``score(net)`` after each epoch picks the one
+    kept (epoch 0, the init, is never kept unless there are no epochs)."""
+    net = ASMNet.init(h.shape[1], top.shape[1], torch.Generator().manual_seed(settings.seed))
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return _balanced_bce(net.score(top[idx], h[idx]), target[idx])
+
+    choice = train_and_select(
+        net.tensors(),
+        batch_loss,
+        lambda g: torch.randperm(len(target), generator=g),
+        lambda: score(net),
+        **settings.sgd(),
+        seed=settings.seed + 1,
+        include_init=False,
+    )
+    return net, choice
