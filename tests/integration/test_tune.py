@@ -388,7 +388,8 @@ def test_sweep_on_a_two_node_cluster(tmp_path: Path, server: MlflowServer) -> No
 
 
 def test_two_worker_trials_run_a_nested_train_run(tmp_path: Path) -> None:
-    space = space_file(tmp_path, n=1, epochs=1, conc=1, sched="none")
+    # 2 epochs: the KT head needs its teacher (the memory is built at the end of epoch 1)
+    space = space_file(tmp_path, n=1, epochs=2, conc=1, sched="none")
     res = subprocess.run(
         tune_cmd(
             "--space",
