@@ -102,17 +102,10 @@ def make_loader(
         rank=rank,
     )
     if data.pools[split].images is not None:
-        images, labels = data.on_device(split, device)
-        return DeviceBatches(
-            images,
-            labels,
-            spec=data.spec,
-            batch_size=batch_size,
-            augment=augment,
-            sampler=smp,
-            out_size=data.image_size,
+        return _device_batches(
+            data, split, device, batch_size=batch_size, augment=augment, sampler=smp,
             drop_last=drop_last,
-        )
+        )  # fmt: skip
     gen = torch.Generator()
     gen.manual_seed(int(seed))
     loader = DataLoader(
@@ -127,6 +120,14 @@ def make_loader(
         generator=gen,
     )
     return HostBatches(loader, device=device, spec=data.spec)
+
+
+def _device_batches(
+    data: LTData, split: str, device: torch.device, **batching: Any
+) -> DeviceBatches:
+    """Batches of an in-memory split, made on ``device`` from its cached uint8 copy."""
+    images, labels = data.on_device(split, device)
+    return DeviceBatches(images, labels, spec=data.spec, out_size=data.image_size, **batching)
 
 
 def shard_loader(
@@ -144,15 +145,8 @@ def shard_loader(
     device = torch.device(device)
     idx = np.arange(rank, len(data.labels(split)), world_size)
     if data.pools[split].images is not None:
-        images, labels = data.on_device(split, device)
-        return DeviceBatches(
-            images,
-            labels,
-            spec=data.spec,
-            batch_size=batch_size,
-            augment=False,
-            indices=idx,
-            out_size=data.image_size,
+        return _device_batches(
+            data, split, device, batch_size=batch_size, augment=False, indices=idx
         )
     from torch.utils.data import Subset
 
