@@ -27,6 +27,7 @@ __all__ = [
     "METRIC_KEYS",
     "SELECT_KEYS",
     "has_memory",
+    "empty_groups",
     "val_heads",
     "metric_names",
     "config_problems",
@@ -194,6 +195,55 @@ def _why_absent(cfg: Config, head: str) -> str:
     return ""
 
 
+def empty_groups(cfg: Config) -> dict[str, str]:
+    """Shot groups the train split will not have → why (its counts, from the config alone:
+    :func:`ltray.data.counts.train_counts`); ``{}`` when they cannot be known cheaply."""
+    from ltray.data.counts import train_counts
+    from ltray.metrics import GROUP_NAMES, shot_groups
+
+    d = cfg.data
+    counts = train_counts(d)
+    if counts is None:
+        return {}
+    groups = shot_groups(counts, d.many_threshold, d.few_threshold)
+    hi, lo = int(counts.max()), int(counts.min())
+    split = f"{d.name}" + (f" at rho={d.imbalance_ratio:g}" if d.name != "listfile" else "")
+    why = {
+        "many": (
+            f"{split} has no many-shot class (largest class: {hi} train images, not more "
+            f"than data.many_threshold={d.many_threshold})"
+        ),
+        "medium": f"{split} has no medium-shot class",
+        "few": (
+            f"{split} has no few-shot class (smallest class: {lo} train images, not under "
+            f"data.few_threshold={d.few_threshold}); a larger data.imbalance_ratio (or "
+            "data.few_threshold) makes some"
+        ),
+    }
+    return {g: why[g] for i, g in enumerate(GROUP_NAMES) if not (groups == i).any()}
+
+
+def _group_problems(cfg: Config, metrics: list[str]) -> list[str]:
+    """A select group or a metric naming a shot group the split has no class in: its score
+    is absent at every epoch (no best checkpoint, Ray's metric check stops the trial)."""
+    named = [g for g in ("many", "medium", "few") if g == cfg.eval.select_group]
+    named += [m.rsplit("_", 1)[-1] for m in metrics if not m.startswith("test_")]
+    if not any(g in ("many", "medium", "few") for g in named):
+        return []
+    empty = empty_groups(cfg)
+    out = []
+    if cfg.eval.select_group in empty:
+        out.append(
+            f"eval.select_group={cfg.eval.select_group}: {empty[cfg.eval.select_group]}; "
+            "select on another group (e.g. overall)"
+        )
+    for m in metrics:
+        g = m.rsplit("_", 1)[-1]
+        if g in empty and not m.startswith("test_"):
+            out.append(f"search.metric={m}: {empty[g]}; choose another metric")
+    return out
+
+
 def _select_problems(cfg: Config) -> list[str]:
     head, heads = cfg.eval.select_head, val_heads(cfg)
     if head in heads:
@@ -213,6 +263,10 @@ def metric_problems(cfg: Config, metrics: list[str], *, kind: str = "train") -> 
         return out  # the heads depend on the method, reported on its own
     valid = metric_names(cfg, kind=kind)
     heads = val_heads(cfg)
+    out += _group_problems(
+        cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"select_group": "overall"})}),
+        [m for m in metrics if m in valid],
+    )
     for m in metrics:
         if m.startswith("test_"):
             out.append(
@@ -269,6 +323,8 @@ def config_problems(cfg: Config) -> list[str]:
     if cfg.train.method in METHOD_NAMES:  # the heads depend on the method
         out += _memory_problems(cfg)
         out += _select_problems(cfg)
+    if not any(x.startswith("data.") for x in out):
+        out += _group_problems(cfg, [])
     return out
 
 

@@ -95,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if args.dry_run:
         return 0
-    summary = run_sweep(space, opts)
+    try:
+        summary = run_sweep(space, opts)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's own handler is set
+        summary = {"interrupted": True}
     if summary.get("interrupted"):
         console.print(
             f"sweep interrupted; its state is saved. Continue it with:\n  ltray tune "

@@ -279,3 +279,42 @@ def test_an_unset_profile_and_its_resolution_are_the_same_split(tmp_path: Path) 
     _tree(tmp_path, MY_LT)
     assert effective_profile(DataConfig(name="imagefolder", root=str(tmp_path))) == "as_is"
     assert effective_profile(DataConfig()) == "exp" == effective_profile(DataConfig(profile="exp"))
+
+
+# ------------------------------------- train counts from the config alone (issue 13, groups)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"imbalance_ratio": 100},
+        {"profile": "step", "imbalance_ratio": 5},
+        {"val_per_class": 3, "imbalance_ratio": 50},
+    ],
+    ids=["default", "rho100", "step", "small-holdout"],
+)
+def test_train_counts_from_the_config_are_what_prepare_data_builds(kw: dict) -> None:
+    """The validation pass predicts the split's counts without decoding an image; a drift
+    from prepare_data (hold-out, n_max, profile) would make it refuse good metrics."""
+    from ltray.data.counts import train_counts
+
+    cfg = DataConfig(**kw)
+    assert train_counts(cfg).tolist() == prepare_data(cfg).class_counts.tolist()
+
+
+def test_train_counts_of_folders_and_list_files(tmp_path: Path) -> None:
+    from ltray.data.counts import train_counts
+
+    _tree(tmp_path / "lt", MY_LT)
+    _tree(tmp_path / "flat", {"train": {"a": 12, "b": 12, "c": 12}, "test": {"a": 5, "b": 5}})
+    for cfg in (
+        DataConfig(name="imagefolder", root=str(tmp_path / "lt"), val_per_class=2),
+        DataConfig(name="imagefolder", root=str(tmp_path / "flat"), imbalance_ratio=4),
+    ):
+        assert train_counts(cfg).tolist() == prepare_data(cfg).class_counts.tolist()
+    listed = tmp_path / "train.txt"
+    listed.write_text("a.png 0\nb.png 0\nc.png 2\n")
+    cfg = DataConfig(name="listfile", root=str(tmp_path), train_list=str(listed))
+    assert train_counts(cfg).tolist() == [2, 0, 1]
+    assert train_counts(DataConfig(name="imagefolder", root=str(tmp_path / "none"))) is None

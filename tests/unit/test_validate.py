@@ -295,3 +295,33 @@ def test_resume_refuses_overrides_that_change_the_saved_sweep() -> None:
         check_resume(state, changed)
     msg = str(err.value)
     assert "train.epochs=4 (the sweep has 6)" in msg and "kt.mask='all'" in msg
+
+
+# ------------------------------------------- shot groups the split will not have (issue 13)
+
+
+def cifar_like(tmp_path: Path, *overrides: str):
+    """CIFAR-10-LT from a torchvision-layout root (the pool is 5,000 per class: rho=100 keeps
+    50 images in its smallest class, so no few-shot class)."""
+    return load_config(
+        None,
+        ["data.name=cifar10-lt", f"data.root={tmp_path}", "data.imbalance_ratio=100", *overrides],
+    )
+
+
+def test_a_group_the_split_has_no_class_in_is_refused_before_ray(tmp_path: Path) -> None:
+    """Before: `eval.select_group=few` on CIFAR-10-LT scored every epoch -inf, and a
+    `val_kt_few` sweep metric was absent from every report (Ray stopped each trial)."""
+    cfg = cifar_like(tmp_path, "eval.select_group=few")
+    (found,) = config_problems(cfg)
+    assert found.startswith("eval.select_group=few: cifar10-lt at rho=100 has no few-shot class")
+    assert "smallest class: 50 train images" in found and "data.imbalance_ratio" in found
+    (metric,) = metric_problems(cifar_like(tmp_path), ["val_kt_few", "val_kt_many"])
+    assert metric.startswith("search.metric=val_kt_few: cifar10-lt at rho=100 has no few-shot")
+
+
+def test_groups_that_exist_pass(tmp_path: Path) -> None:
+    assert config_problems(cifar_like(tmp_path, "eval.select_group=medium")) == []
+    # rho=500: the smallest class keeps 10 images, under the few threshold
+    assert metric_problems(cifar_like(tmp_path, "data.imbalance_ratio=500"), ["val_kt_few"]) == []
+    assert metric_problems(load_config(None, []), ["val_kt_few", "val_linear_many"]) == []
