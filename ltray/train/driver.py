@@ -16,6 +16,7 @@ need it); ``scripts/bench_train.py`` measures wall time minus the loop's own tim
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,40 @@ def ray_init(address: str | None = None, *, dashboard: bool = True, **kwargs: An
     if address is None or address == "local":
         kwargs.setdefault("include_dashboard", dashboard)
         kwargs.setdefault("dashboard_host", "127.0.0.1")
-    ray.init(address=address, runtime_env={"env_vars": dict(_RAY_ENV)}, **kwargs)
+    ray.init(address=address, runtime_env=driver_runtime_env(address), **kwargs)
+
+
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime env of the Ray job this process runs in (``ray job submit
+    --runtime-env…``), {} outside a submitted job. Ray merges it with ray.init's and refuses
+    a field or an env var set by both."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict(json.loads(raw).get("runtime_env") or {})
+    except (ValueError, AttributeError):
+        return {}
+
+
+def driver_runtime_env(address: str | None) -> dict[str, Any]:
+    """ray.init's runtime env: ltray's Ray settings for every worker and, on a cluster, ltray
+    itself (``py_modules``: the installed package, uploaded once per content hash), so worker
+    nodes need its dependencies (the cluster image) but not ltray. Not shipped when the job
+    already brings the code (``ray job submit --working-dir`` / ``py_modules``) or with
+    ``LTRAY_SHIP_CODE=0`` (ltray preinstalled on every node)."""
+    job = _job_runtime_env()
+    env = {k: v for k, v in _RAY_ENV.items() if k not in (job.get("env_vars") or {})}
+    out: dict[str, Any] = {"env_vars": env}
+    remote = address not in (None, "local")
+    brought = job.get("working_dir") or job.get("py_modules")
+    if remote and not brought and os.environ.get("LTRAY_SHIP_CODE", "1") != "0":
+        import ltray
+
+        out["py_modules"] = [str(Path(ltray.__file__).resolve().parent)]
+        if "excludes" not in job:
+            out["excludes"] = ["__pycache__/", "*.pyc"]
+    return out
 
 
 def make_trainer(

@@ -115,3 +115,55 @@ def test_kuberay_rayjob_manifest() -> None:
 @pytest.mark.parametrize("name", ["ray-cluster.yaml", "rayjob-gpu-sweep.yaml"])
 def test_cluster_files_are_described_in_the_readme(name: str) -> None:
     assert f"cluster/{name}" in (REPO / "README.md").read_text()
+
+
+def test_runtime_env_file_is_valid_and_its_pins_satisfy_pyproject() -> None:
+    """`ray job submit --runtime-env cluster/runtime-env.yaml` ships the repository and pins
+    versions ltray declares it works with (a pin outside pyproject's range fails here)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from ray.runtime_env import RuntimeEnv
+
+    env = _load("runtime-env.yaml")
+    RuntimeEnv(**{k: v for k, v in env.items() if k != "working_dir"})  # Ray's own validation
+    assert env["working_dir"] == "."
+    assert ".git/" in env["excludes"]
+    declared = {
+        Requirement(r).name: Requirement(r)
+        for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    pins = {}
+    for line in env["pip"]["packages"]:
+        req = Requirement(line)
+        (spec,) = req.specifier
+        assert spec.operator == "==", line  # pinned
+        pins[req.name] = spec.version
+    assert set(pins) == set(declared)  # every dependency pinned, nothing else
+    for name, version in pins.items():
+        assert declared[name].specifier.contains(version, prereleases=True), (name, version)
+
+
+def test_the_driver_ships_ltray_to_a_cluster_unless_the_job_brings_it(monkeypatch) -> None:
+    import json
+
+    import ltray
+    from ltray.train.driver import _RAY_ENV, driver_runtime_env
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.delenv("LTRAY_SHIP_CODE", raising=False)
+    package = str(Path(ltray.__file__).resolve().parent)
+    assert driver_runtime_env(None) == {"env_vars": _RAY_ENV}  # a local Ray has the code
+    remote = driver_runtime_env("ray://head:10001")
+    assert remote["py_modules"] == [package] and remote["env_vars"] == _RAY_ENV
+    monkeypatch.setenv("LTRAY_SHIP_CODE", "0")  # preinstalled on every node
+    assert "py_modules" not in driver_runtime_env("head:6379")
+    monkeypatch.delenv("LTRAY_SHIP_CODE")
+    # Inside `ray job submit --working-dir . --runtime-env-json '{"env_vars": {...}}'`: Ray
+    # refuses a field or an env var that ray.init sets too, so neither is set again.
+    key = next(iter(_RAY_ENV))
+    job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip", "env_vars": {key: "9"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    inside = driver_runtime_env("auto")
+    assert "py_modules" not in inside and key not in inside["env_vars"]
+    assert set(inside["env_vars"]) == set(_RAY_ENV) - {key}
