@@ -5,6 +5,10 @@ run on another split or dataset, with the run's own Many / Medium / Few groups.
     ltray evaluate RUN data.seed=1                                 # another seeded hold-out
     ltray evaluate runs:/<mlflow run id> data.imbalance_ratio=1 --split val
 
+Post-hoc methods of the run's newest ``ltray fuse`` folder are scored too (``--posthoc none``
+skips them, ``--posthoc DIR`` picks another folder): fitted again on the run's cached train and
+val with the recorded settings, applied to the new split.
+
 Writes ``metrics.csv``, ``evaluation.json``, ``table.txt`` and ``per_class.png`` to ``--out``
 (default: ``RUN/eval/<split>-<timestamp>/``).
 """
@@ -34,6 +38,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", help="output folder (default: RUN/eval/<split>-<timestamp>)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--posthoc",
+        default="latest",
+        metavar="latest|none|DIR",
+        help="also score the post-hoc methods of a `ltray fuse` folder, fitted again on the "
+        "run's cache (default: the run's newest RUN/fusion/fuse-*, when it has one)",
+    )
     p.set_defaults(func=run)
 
 
@@ -48,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(width=max(Console().width, 110))
     loaded = load_run(args.run, device=args.device)
-    ev = evaluate_run(loaded, args.overrides, split=args.split)
+    posthoc = None if args.posthoc == "none" else args.posthoc
+    ev = evaluate_run(loaded, args.overrides, split=args.split, posthoc=posthoc)
     out = (
         Path(args.out)
         if args.out
@@ -56,5 +68,7 @@ def run(args: argparse.Namespace) -> int:
     )
     save_evaluation(ev, out)
     console.print(evaluation_table(ev))
+    for note in ev.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     console.print(f"saved to {out}", highlight=False)
     return 0

@@ -8,6 +8,11 @@ Overrides are ``data.*`` keys applied to the run's own config (a bare ``seed=1``
 ``data.seed=1``); the images are preprocessed at the run's input size. Many / Medium / Few are
 the run's groups (its train class counts and thresholds), not the new data's: the question is
 how the classes the model saw rarely fare elsewhere.
+
+Post-hoc methods fitted by ``ltray fuse`` (the run's latest ``fusion/fuse-*/results.json``) are
+scored too: each is fitted again on the run's cached train and val arrays with the settings
+that folder recorded (fitting is seeded, so it makes the same choices; a choice that differs
+is reported), then applied to the new split's features and logits.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,14 @@ from ltray.metrics import HeadMetrics
 from ltray.train.evaluate import evaluate_heads, to_device
 from ltray.train.tables import HEAD_LABELS
 
-__all__ = ["Evaluation", "evaluate_run", "evaluation_table", "save_evaluation"]
+__all__ = [
+    "Evaluation",
+    "evaluate_run",
+    "evaluation_table",
+    "save_evaluation",
+    "latest_fuse",
+    "posthoc_heads",
+]
 
 _CSV_KEYS = ("many", "medium", "few", "overall", "top1", "top5", "ece")
 
@@ -44,6 +56,8 @@ class Evaluation:
     data: dict[str, Any]  # dataset name, overrides, split sizes
     class_counts: list[int]  # the run's train counts (its shot groups)
     heads: dict[str, HeadMetrics]
+    posthoc_from: str | None = None  # the fuse folder whose methods were scored
+    notes: list[str] = field(default_factory=list)
 
 
 def _data_config(run: LoadedRun, overrides: list[str]) -> Config:
@@ -63,11 +77,58 @@ def _data_config(run: LoadedRun, overrides: list[str]) -> Config:
     return build_config(raw, source=str(run.run_dir / "config.yaml"), lines=lines, overrides=keys)
 
 
+def latest_fuse(run_dir: Path) -> Path | None:
+    """The newest ``RUN/fusion/fuse-*`` folder with a ``results.json`` (None: never fused)."""
+    found = sorted((run_dir / "fusion").glob("fuse-*/results.json"), key=lambda p: p.parent.name)
+    return found[-1].parent if found else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return bool(np.isclose(float(a), float(b), rtol=1e-6, atol=1e-9))
+    return a == b
+
+
+def posthoc_heads(
+    run: LoadedRun, fuse_dir: Path, arrays: Any
+) -> tuple[dict[str, HeadMetrics], list[str]]:
+    """Every method of ``fuse_dir/results.json`` fitted again on the run's cache (train and val
+    only) with its recorded settings, scored on ``arrays`` (a :class:`SplitArrays` of the new
+    split) → ({"posthoc:<method>": metrics}, notes)."""
+    from ltray.fusion.cache import read_cache
+    from ltray.fusion.methods import context_of, evaluate_fitted, fit_method
+
+    records = json.loads((fuse_dir / "results.json").read_text())
+    cache = read_cache(run.run_dir)
+    ctx = context_of(cache)
+    heads: dict[str, HeadMetrics] = {}
+    notes: list[str] = []
+    for rec in records:
+        name = rec["method"]
+        fitted = fit_method(name, cache.train, cache.val, ctx, rec.get("settings") or {})
+        chosen = json.loads(json.dumps(dict(fitted.chosen), default=float))
+        if not _same(chosen, rec.get("chosen", {})):
+            notes.append(
+                f"{name}: fitted again, it chose {chosen} where {fuse_dir.name} chose "
+                f"{rec.get('chosen')}"
+            )
+        heads[f"posthoc:{name}"] = evaluate_fitted(fitted, arrays, run.groups)
+    return heads, notes
+
+
 @torch.inference_mode()
 def evaluate_run(
-    run: LoadedRun, overrides: list[str] | None = None, *, split: str = "test"
+    run: LoadedRun,
+    overrides: list[str] | None = None,
+    *,
+    split: str = "test",
+    posthoc: str | Path | None = "latest",
 ) -> Evaluation:
-    """Evaluate every head of ``run`` on ``split`` of its data with ``overrides``.
+    """Evaluate every head of ``run`` on ``split`` of its data with ``overrides``, and the
+    post-hoc methods of a ``ltray fuse`` folder (``posthoc``: "latest" = the newest one when
+    the run has any, a folder, or None).
 
     Raises:
         ConfigError: an override is not a ``data.*`` key or is invalid.
@@ -99,15 +160,34 @@ def evaluate_run(
         num_workers=cfg.data.loader_workers,
         device=run.device,
     )
+    fuse_dir = latest_fuse(run.run_dir) if posthoc == "latest" else posthoc
+    if fuse_dir is not None and not (Path(fuse_dir) / "results.json").is_file():
+        raise ConfigError(f"--posthoc {fuse_dir}: no results.json; pass a folder of `ltray fuse`")
     parts: dict[str, list[torch.Tensor]] = {}
+    feats: list[torch.Tensor] = []
     labels = []
     for x, y in loader:
-        for head, z in run.logits(to_device(x, run.device, channels_last=False)).items():
+        f = run.net.backbone(to_device(x, run.device, channels_last=False)).float()
+        for head, z in run.head_logits(f).items():
             parts.setdefault(head, []).append(z.cpu())
+        feats.append(f.cpu())
         labels.append(torch.as_tensor(y).cpu())
     y_all = torch.cat(labels).numpy().astype(np.int64)
     logits = {h: torch.cat(p).numpy() for h, p in parts.items()}
     heads = evaluate_heads(logits, y_all, run.groups, ece_bins=run.config.eval.ece_bins)
+    notes: list[str] = []
+    if fuse_dir is not None:
+        from ltray.fusion.cache import SplitArrays
+
+        arrays = SplitArrays(
+            features=torch.cat(feats).numpy(),
+            logits=logits["linear"],
+            labels=y_all,
+            kt_logits=logits.get("kt"),
+        )
+        with torch.inference_mode(False), torch.enable_grad():  # LLW, ASM, cRT... train
+            extra, notes = posthoc_heads(run, Path(fuse_dir), arrays)
+        heads.update(extra)
     return Evaluation(
         run_dir=run.run_dir,
         split=split,
@@ -119,7 +199,15 @@ def evaluate_run(
         },
         class_counts=[int(c) for c in run.class_counts],
         heads=heads,
+        posthoc_from=None if fuse_dir is None else str(fuse_dir),
+        notes=notes,
     )
+
+
+def _label(head: str) -> str:
+    if head.startswith("posthoc:"):
+        return f"{head.split(':', 1)[1]} (post-hoc)"
+    return HEAD_LABELS.get(head, head)
 
 
 def _pct(v: float | None) -> str:
@@ -137,11 +225,20 @@ def evaluation_table(ev: Evaluation) -> Any:
     for col in ("head", "Many", "Medium", "Few", "Overall", "top-1", "top-5", "ECE"):
         table.add_column(col, justify="left" if col == "head" else "right", no_wrap=True)
     for head, m in ev.heads.items():
+        if head.startswith("posthoc:") and not any(
+            h.startswith("posthoc:") for h in list(ev.heads)[: list(ev.heads).index(head)]
+        ):
+            table.add_section()
         table.add_row(
-            HEAD_LABELS.get(head, head),
+            _label(head),
             *(_pct(v) for v in (m.many, m.medium, m.few, m.overall, m.top1, m.top5, m.ece)),
         )
-    table.caption = "shot groups: the run's train class counts"
+    table.caption = "shot groups: the run's train class counts" + (
+        f"; post-hoc rows: methods of {Path(ev.posthoc_from).name}, fitted on the run's train "
+        "and val"
+        if ev.posthoc_from
+        else ""
+    )
     return table
 
 
@@ -165,6 +262,8 @@ def save_evaluation(ev: Evaluation, out_dir: str | Path) -> Path:
         "split": ev.split,
         "data": ev.data,
         "class_counts": ev.class_counts,
+        "posthoc_from": ev.posthoc_from,
+        "notes": ev.notes,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         # The per-class plot reads heads → "test"; the split evaluated is ``split``.
         "heads": {h: {"test": vars(m)} for h, m in ev.heads.items()},

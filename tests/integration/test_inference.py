@@ -115,7 +115,7 @@ def test_evaluate_reproduces_the_test_split_and_scores_another(
 ) -> None:
     run_dir, results = tracked_run["run_dir"], tracked_run["results"]
     out = tmp_path / "same"
-    assert main(["evaluate", str(run_dir), "--out", str(out)]) == 0
+    assert main(["evaluate", str(run_dir), "--out", str(out), "--posthoc", "none"]) == 0
     with open(out / "metrics.csv") as f:
         rows = {r["head"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"linear", "ncm_ema", "ncm_full", "kt"}
@@ -130,6 +130,32 @@ def test_evaluate_reproduces_the_test_split_and_scores_another(
     assert record["class_counts"] == results["class_counts"]  # the run's own shot groups
     # Only data keys: the model is fixed.
     assert main(["evaluate", str(run_dir), "train.lr=0.1"]) == 2
+
+
+def test_evaluate_scores_the_fitted_post_hoc_methods_too(tracked_run: dict, tmp_path: Path) -> None:
+    """`ltray fuse` then `ltray evaluate`: each post-hoc method is fitted again on the run's
+    cache and applied to the evaluated split; on the run's own test split it gives exactly the
+    fuse folder's test metrics (a refit that chose otherwise, or features that are not the
+    cache's, would not)."""
+    run_dir = tracked_run["run_dir"]
+    assert main(["fuse", str(run_dir), "--method", "llw,weighted,crt,logit_adj"]) == 0
+    (fuse,) = sorted((run_dir / "fusion").glob("fuse-*"))[-1:]
+    fused = {r["method"]: r for r in json.loads((fuse / "results.json").read_text())}
+    out = tmp_path / "posthoc"
+    assert main(["evaluate", str(run_dir), "--out", str(out)]) == 0
+    record = json.loads((out / "evaluation.json").read_text())
+    assert record["posthoc_from"] == str(fuse) and record["notes"] == []
+    for name, r in fused.items():
+        got = record["heads"][f"posthoc:{name}"]["test"]
+        for key in ("overall", "many", "medium", "few", "top5"):
+            assert got[key] == pytest.approx(r["test"][key], abs=1e-9), (name, key)
+    assert "llw (post-hoc)" in (out / "table.txt").read_text()
+    # Another split: the same methods, scored on data they were not fitted on.
+    other = tmp_path / "seed1"
+    assert main(["evaluate", str(run_dir), "seed=1", "--out", str(other)]) == 0
+    heads = json.loads((other / "evaluation.json").read_text())["heads"]
+    assert {f"posthoc:{n}" for n in fused} <= set(heads)
+    assert main(["evaluate", str(run_dir), "--posthoc", str(tmp_path / "nope")]) == 2
 
 
 def test_predict_labels_files_and_folders_and_lists_unreadable_images(
