@@ -52,6 +52,14 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from ltray.errors import ConfigError
+
+    # Checked before torch and the run are loaded.
+    if args.posthoc not in ("latest", "none") and not Path(args.posthoc, "results.json").is_file():
+        raise ConfigError(
+            f"--posthoc {args.posthoc}: no results.json; pass a folder of `ltray fuse` "
+            "(RUN/fusion/fuse-*), latest or none"
+        )
     from rich.console import Console
 
     from ltray.inference import load_run

@@ -12,6 +12,7 @@ it to ``prepare_data`` on every source the suite can build.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,22 @@ _TORCHVISION_POOLS = {
 
 
 def _folder_counts(root: str | None) -> np.ndarray | None:
-    from ltray.data.sources import scan_image_folder
-
     if root is None:
         return None
-    train = Path(root).expanduser() / "train"
+    train = Path(root).expanduser().resolve() / "train"
     if not train.is_dir():
         return None
-    _, _, labels = scan_image_folder(train, rel_to=train.parent)
+    counts = _scan_counts(str(train), train.stat().st_mtime_ns)
+    return None if counts is None else counts.copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_counts(train: str, mtime_ns: int) -> np.ndarray | None:
+    """Images per class folder of ``train`` (cached: a sweep's validation asks once per
+    searched value; the folder's mtime is part of the key)."""
+    from ltray.data.sources import scan_image_folder
+
+    _, _, labels = scan_image_folder(Path(train), rel_to=Path(train).parent)
     return np.bincount(labels) if len(labels) else None
 
 
