@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from ltray.data.samplers import build_sampler
+from ltray.data.samplers import ClassWeightedSampler, build_sampler
 from ltray.errors import ConfigError
 
 LABELS = np.repeat(np.arange(10), [1000, 600, 360, 216, 130, 78, 47, 28, 17, 10])
@@ -58,25 +60,42 @@ def test_unshuffled_instance_is_in_order() -> None:
     assert list(s) == list(range(len(LABELS)))
 
 
+def _single_process_sequence(name: str, draws: int) -> list[int]:
+    """What ONE process draws for (seed 7, epoch 2): the sequence the ranks must share out.
+
+    ``instance``: the single-process permutation, wrapped around to ``draws`` indices (the
+    DistributedSampler padding). Class samplers: a world-size-1 sampler asked for ``draws``
+    draws, with the class weights of its definition (1, or sqrt n_c)."""
+    if name == "instance":
+        s = build_sampler(name, labels=LABELS, num_classes=10, seed=7)
+        s.set_epoch(2)
+        order = list(s)
+        return (order * 2)[:draws]
+    counts = np.bincount(LABELS, minlength=10)
+    weights = np.ones(10) if name == "class_balanced" else np.sqrt(counts)
+    ref = ClassWeightedSampler(labels=LABELS, class_weights=weights, seed=7, num_draws=draws)
+    ref.set_epoch(2)
+    return list(ref)
+
+
 @pytest.mark.parametrize("name", ["instance", "class_balanced", "sqrt"])
-def test_rank_shards_are_disjoint_equal_and_deterministic(name: str) -> None:
-    world = 3
+def test_ranks_deal_out_the_single_process_sequence_round_robin(name: str) -> None:
+    """With W ranks each takes ⌈N/W⌉ draws, and together they read the one sequence a single
+    process would draw for W·⌈N/W⌉ draws, dealt like cards: rank r's i-th index is position
+    i·W + r. So shards are disjoint (as positions) and equal, and W workers see what one would.
+    The reference comes from an unsharded sampler, not from the sharded sampler's own slice."""
+    world, n = 3, math.ceil(len(LABELS) / 3)  # 2486 images → 829 per rank, one padded draw
     shards = []
     for rank in range(world):
         s = build_sampler(name, labels=LABELS, num_classes=10, seed=7, world_size=world, rank=rank)
         s.set_epoch(2)
         shards.append(list(s))
-        assert len(s) == len(shards[-1])
-    assert len({len(x) for x in shards}) == 1
-    # all ranks together read the one global sequence, position by position
-    ref = build_sampler(name, labels=LABELS, num_classes=10, seed=7, world_size=world)
-    ref.set_epoch(2)
-    glob = ref.global_indices()
-    for rank in range(world):
-        assert shards[rank] == glob[rank::world].tolist()
-    if name == "instance":  # every image once (plus wrap-around padding)
-        assert set().union(*map(set, shards)) == set(range(len(LABELS)))
-        assert len(shards[0]) * world - len(LABELS) < world
+        assert len(s) == len(shards[-1]) == n
+    reference = _single_process_sequence(name, world * n)
+    dealt = [[reference[i * world + rank] for i in range(n)] for rank in range(world)]
+    assert shards == dealt
+    if name == "instance":  # every image once, the one padded draw is the first image again
+        assert sorted(sum(shards, [])) == sorted(list(range(len(LABELS))) + reference[:1])
 
 
 def test_unknown_sampler_lists_known() -> None:

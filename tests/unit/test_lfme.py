@@ -116,6 +116,37 @@ def test_epoch_start_sets_the_self_paced_weight_from_val_accuracy() -> None:
     assert method._weights == [pytest.approx(0.5)]  # 1 − (0.75 − 0.5)/(0.5·1.0)
 
 
+def test_logged_expert_weights_follow_each_subsets_val_accuracy() -> None:
+    """The w_k a step logs (``train_w_many`` ...) come from the student's val accuracy on expert
+    k's subset, classifying among that subset's classes only, against the expert's own:
+    many (classes 0, 1): A_S = 2/4, A_E = 0.8 → 1 − (0.5 − 0.48)/(0.4·0.8) = 0.9375;
+    few (classes 2, 3): A_S = 3/4, A_E = 0.9 → 1 − (0.75 − 0.54)/(0.4·0.9) = 0.41667."""
+    cfg = load_config(None, ["lfme.selection_alpha=0.6", "train.epochs=4"])
+    method = StudentMethod()
+    method.experts = [
+        Expert(0, torch.tensor([0, 1]), _Stub(), 0.8, torch.ones(1)),
+        Expert(2, torch.tensor([2, 3]), _Stub(), 0.9, torch.ones(1)),
+    ]
+    val = torch.tensor(
+        [
+            [2.0, 1.0, 0.0, 0.0],  # label 0: right
+            [1.0, 2.0, 0.0, 0.0],  # label 0: wrong
+            [0.0, 1.0, 5.0, 0.0],  # label 1: right among {0, 1} (class 2 is not a candidate)
+            [3.0, 1.0, 0.0, 0.0],  # label 1: wrong
+            [0.0, 0.0, 3.0, 1.0],  # label 2: right
+            [0.0, 0.0, 1.0, 3.0],  # label 3: right
+            [9.0, 0.0, 1.0, 2.0],  # label 3: right among {2, 3}
+            [0.0, 0.0, 1.0, 2.0],  # label 2: wrong
+        ]
+    )
+    method._val_loader = [(val, torch.tensor([0, 0, 1, 1, 2, 3, 3, 2]))]
+    ctx = StepContext(cfg, torch.ones(4), torch.tensor([0, 0, 2, 2]), 0, torch.Generator())
+    x, y = torch.zeros(2, 4), torch.tensor([0, 2])
+    res = method.loss(_Stub(), _Stub(zeros=True), x, y, ctx)  # type: ignore[arg-type]
+    assert res.parts["w_many"] == pytest.approx(0.9375)
+    assert res.parts["w_few"] == pytest.approx(1 - 0.21 / 0.36)
+
+
 def test_curriculum_selects_the_instances_the_expert_finds_easy() -> None:
     cfg = load_config(None, ["lfme.curriculum_start=0.5", "lfme.temperature=1", "train.epochs=4"])
     method = StudentMethod()
@@ -191,8 +222,6 @@ def test_train_lfme_runs_experts_then_student(lfme_run: Path) -> None:
         metrics[-1]
     )
     assert metrics[0]["train_curriculum_q"] == 0.5 and metrics[1]["train_curriculum_q"] == 0.75
-    for name in ("many", "medium", "few"):
-        assert 0.0 <= metrics[-1][f"train_w_{name}"] <= 1.0
     # The experts are not part of the student's weights.
     state = load_state(lfme_run / "checkpoints" / "best.pt")["model"]
     assert not any("expert" in k for k in state) and "linear.weight" in state
@@ -208,10 +237,16 @@ def test_student_build_freezes_the_experts(lfme_run: Path) -> None:
     net = method.build(cfg, num_classes=10, in_channels=1, small_input=True, data=_digits(cfg))
     assert net.kt_head is None
     assert [e.group for e in method.experts] == [0, 1, 2]
-    for e in method.experts:
+    for e, name in zip(method.experts, ("many", "medium", "few"), strict=True):
         assert not e.net.training
         assert not any(p.requires_grad for p in e.net.parameters())
-        assert 0.0 <= e.val_acc <= 1.0
+        # A_E = the expert's val accuracy on its subset, as its own run cached it (val logits
+        # of its best checkpoint, read back from disk), classifying among the subset's classes.
+        val = read_cache(root / f"expert-{name}").val
+        cls = e.classes.numpy()
+        mine = np.isin(val.labels, cls)
+        pred = cls[val.logits[mine][:, cls].argmax(1)]
+        assert e.val_acc == pytest.approx(float((pred == val.labels[mine]).mean()))
         assert bool((e.confidences[:-1] >= e.confidences[1:]).all())  # sorted, easiest first
     dup = load_config(
         None, TINY + ["train.method=lfme", f"lfme.experts=[{experts[0]},{experts[0]}]"]

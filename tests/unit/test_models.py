@@ -7,8 +7,10 @@ import torch
 
 from ltray.config import load_config
 from ltray.errors import ConfigError
+from ltray.mixup import MixPlan
 from ltray.models import (
     BACKBONES,
+    Backbone,
     ClassMemory,
     LTNet,
     NetOutput,
@@ -16,6 +18,7 @@ from ltray.models import (
     build_network,
 )
 from ltray.models.heads import CosineClassifier
+from ltray.train.methods import TrainForward
 
 NUM_CLASSES = 7
 
@@ -43,9 +46,9 @@ def _check_backbone(name: str, c: int, size: int, small: bool, batch: int) -> No
     assert out.kt_logits is not None and out.kt_logits.shape == (batch, NUM_CLASSES)
     for t in (fmap, out.features, out.logits, out.kt_logits):
         assert torch.isfinite(t).all()
-    # features are taken after the last ReLU and the average pool
+    # features are taken after the last ReLU and the global average pool
     assert (out.features >= 0).all()
-    torch.testing.assert_close(bb.pool(fmap), out.features)
+    torch.testing.assert_close(out.features, fmap.mean(dim=(2, 3)))
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
@@ -153,18 +156,41 @@ def test_kt_head_sees_detached_features():
     assert any(p.grad is not None for p in net.backbone.parameters())
 
 
-def test_heads_on_mixed_features_match_forward():
-    torch.manual_seed(0)
-    net = LTNet(
-        build_backbone("resnet10", in_channels=1, small_input=True), num_classes=3, kt_head=True
-    ).eval()
-    x = torch.randn(2, 1, 8, 8)
+class PassThrough(Backbone):
+    """A parameter-free backbone whose feature map is its input, so h is known by hand."""
+
+    feat_dim = 2
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_heads_are_affine_maps_of_the_pooled_features_mixed_or_not():
+    """z_l = W h + b and z_s = W_s h + b_s on h = GAP(feature map); with manifold mixup the
+    heads see λ·h_i + (1 − λ)·h_perm(i) on mixed rows and h elsewhere. Worked out by hand."""
+    net = LTNet(PassThrough(), num_classes=2, kt_head=True)
+    assert net.kt_head is not None
     with torch.no_grad():
-        a = net(x)
-        b = net.heads(net.backbone(x))
-    torch.testing.assert_close(a.logits, b.logits)
-    assert a.kt_logits is not None and b.kt_logits is not None
-    torch.testing.assert_close(a.kt_logits, b.kt_logits)
+        net.linear.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, -1.0]]))
+        net.linear.bias.copy_(torch.tensor([0.5, -0.5]))
+        net.kt_head.weight.copy_(torch.tensor([[0.0, 1.0], [2.0, 0.0]]))
+        net.kt_head.bias.copy_(torch.tensor([1.0, 0.0]))
+    # Two 2×1 maps per image; their means are h_0 = (1, 2), h_1 = (3, 0).
+    x = torch.tensor([[[[0.0], [2.0]], [[4.0], [0.0]]], [[[3.0], [3.0]], [[0.0], [0.0]]]])
+    out = net(x)
+    torch.testing.assert_close(out.features, torch.tensor([[1.0, 2.0], [3.0, 0.0]]))
+    # h_0: (1 + 4 + 0.5, 3 − 2 − 0.5), h_1: (3 + 0.5, 9 − 0.5)
+    torch.testing.assert_close(out.logits, torch.tensor([[5.5, 0.5], [3.5, 8.5]]))
+    # h_0: (2 + 1, 2), h_1: (0 + 1, 6)
+    torch.testing.assert_close(out.kt_logits, torch.tensor([[3.0, 2.0], [1.0, 6.0]]))
+
+    # Manifold mixup, λ = 0.25, image 0 mixed with image 1, image 1 left alone:
+    # h_0 → 0.25·(1, 2) + 0.75·(3, 0) = (2.5, 0.5).
+    plan = MixPlan(lam=0.25, perm=torch.tensor([1, 0]), mix=torch.tensor([True, False]))
+    mixed = TrainForward(net, detach_kt=True)(x, plan)
+    torch.testing.assert_close(mixed.features, torch.tensor([[2.5, 0.5], [3.0, 0.0]]))
+    torch.testing.assert_close(mixed.logits, torch.tensor([[4.0, 6.5], [3.5, 8.5]]))
+    torch.testing.assert_close(mixed.kt_logits, torch.tensor([[1.5, 5.0], [1.0, 6.0]]))
 
 
 def test_memory_buffers_in_state_dict():

@@ -3,7 +3,6 @@ and one end-to-end run on digits-LT on top of a stage-1 CE run."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -237,14 +236,23 @@ def test_oltr_runs_end_to_end_on_digits(stage1: Path, tmp_path: Path) -> None:
     results = run_training(cfg, tmp_path, ctx)
     assert results is not None
     assert {"linear", "ncm_ema", "ncm_full"} <= set(results["heads"])
-    overall = results["heads"]["linear"]["test"]["overall"]
-    assert 0.0 <= overall <= 1.0 and not math.isnan(overall)
     last = ctx.reports[-1]
     assert {"train_loss_cls", "train_loss_centroid", "val_linear_overall"} <= set(last)
     # The cache's linear head reproduces the cosine classifier's logits exactly.
     cache = read_cache(tmp_path)
     z = cache.test.features @ cache.params["linear_weight"].T + cache.params["linear_bias"]
     np.testing.assert_allclose(z, cache.test.logits, rtol=1e-4, atol=1e-4)
+    # The reported test numbers are those of the cached logits, recomputed here from the
+    # definition (mean per-class accuracy, overall and per shot group) ...
+    test = results["heads"]["linear"]["test"]
+    pred, y = cache.test.logits.argmax(1), cache.test.labels
+    per_class = np.array([(pred[y == c] == c).mean() for c in range(10)])
+    assert test["overall"] == pytest.approx(per_class.mean())
+    for gid, group in enumerate(("many", "medium", "few")):
+        assert test[group] == pytest.approx(per_class[cache.groups == gid].mean())
+    # ... and two epochs of stage 2 learn: twice chance (0.1) at least; the seeded run gets 0.31
+    # from a 2-epoch stage 1 whose own linear head is at 0.11 on val.
+    assert test["overall"] > 0.2, test
     # The centroids are a learned parameter and travel in the checkpoint.
     state = load_state(tmp_path / "checkpoints" / "last.pt")["model"]
     assert "backbone.meta.centroids" in state and "linear.raw_weight" in state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -81,6 +82,50 @@ def test_run_writes_results_cache_and_plots(tmp_path: Path) -> None:
     assert "val_ncm_ema_overall" in ctx.reports[-1] and "val_kt_few" in ctx.reports[-1]
     text = (tmp_path / "table.txt").read_text()
     assert "KT head" in text and "Many" in text
+
+
+# Keys of a report that measure time, not what was learned.
+_CLOCK = {"images_per_s", "epoch_time_s", "eval_time_s", "memory_init_s", "eta_s"}
+
+
+def test_training_and_model_selection_never_read_the_test_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train twice, the second time with the test split's images inverted and its labels
+    shuffled: every epoch's losses, KT mask rates, val metrics and best-epoch choice, and the
+    final weights (memory included) are identical. So neither training, the memory nor the
+    choice of the best epoch reads test; only the final report may (not run here)."""
+    import ltray.train.loop as loop
+
+    real_prepare = loop.prepare_data
+    scrambled: list[bool] = []
+
+    def scrambled_test(*args, **kwargs):  # type: ignore[no-untyped-def]
+        data = real_prepare(*args, **kwargs)
+        test = data.pools["test"]
+        rng = np.random.default_rng(0)
+        bad = dataclasses.replace(
+            test, labels=rng.permutation(test.labels), images=255 - test.images
+        )
+        assert not np.array_equal(bad.labels, test.labels)
+        scrambled.append(True)
+        return dataclasses.replace(data, pools={**data.pools, "test": bad})
+
+    cfg = load_config(None, ["train.epochs=2", *TINY[1:]])
+    runs = {}
+    for name in ("real", "scrambled"):
+        if name == "scrambled":
+            monkeypatch.setattr(loop, "prepare_data", scrambled_test)
+        ctx = LocalContext()
+        run_training(cfg, tmp_path / name, ctx, finalize=False)
+        reports = [{k: v for k, v in r.items() if k not in _CLOCK} for r in ctx.reports]
+        runs[name] = (reports, _weights(tmp_path / name))
+    assert scrambled == [True]  # the second run did train on the scrambled data
+    (rep_a, w_a), (rep_b, w_b) = runs["real"], runs["scrambled"]
+    assert "val_kt_overall" in rep_a[-1] and "train_kt_mask_overall" in rep_a[-1]
+    assert rep_a == rep_b
+    for key in w_a:
+        torch.testing.assert_close(w_a[key], w_b[key], rtol=0, atol=0, msg=key)
 
 
 def test_warmup_step_and_cosine_schedules() -> None:
