@@ -7,6 +7,8 @@ features/logits under class-balanced sampling; every value (epoch, τ) is chosen
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -78,26 +80,43 @@ class GridSettings(MethodSettings):
     tau_step: float = Field(0.1, gt=0)
 
 
+class TauNormSettings(GridSettings):
+    # keep: z = h·W_c/‖W_c‖^τ + b_c (τ = 0 is the linear head); drop: leave out the trained
+    # bias, which carries the class prior too (Kang et al.'s classifier has none); val: choose
+    # keep or drop on val together with τ (a tie keeps the bias).
+    bias: Literal["keep", "drop", "val"] = "val"
+
+
 @register_method(
-    "tau_norm", GridSettings, requires=("linear_weight",), summary="W_c/‖W_c‖^τ, τ on val"
+    "tau_norm", TauNormSettings, requires=("linear_weight",), summary="W_c/‖W_c‖^τ, τ on val"
 )
 def fit_tau_norm(
-    train: SplitArrays, val: SplitArrays, ctx: FitContext, settings: GridSettings
+    train: SplitArrays, val: SplitArrays, ctx: FitContext, settings: TauNormSettings
 ) -> FnFitted:
-    """τ-normalised classifier; τ chosen on val from tau_min..tau_max step tau_step."""
-    weight, bias = _require_head(ctx, "tau_norm")
+    """τ-normalised classifier; τ (tau_min..tau_max step tau_step) and whether the trained
+    bias stays (``bias``) chosen on val."""
+    weight, trained_bias = _require_head(ctx, "tau_norm")
     h_va, y_va = tensor(val.features), torch.as_tensor(val.labels, dtype=torch.long)
-    choice = select_on_grid(
-        grid(settings.tau_min, settings.tau_max, settings.tau_step),
-        lambda t: balanced_accuracy(
-            tau_norm_logits(h_va, weight, bias, t).argmax(1), y_va, ctx.num_classes
-        ),
-    )
+    options = ["keep", "drop"] if settings.bias == "val" else [settings.bias]
+    if trained_bias is None:
+        options = ["drop"]  # a bias-free head: nothing to keep
+    best = None
+    for option in options:
+        b = trained_bias if option == "keep" else None
+        choice = select_on_grid(
+            grid(settings.tau_min, settings.tau_max, settings.tau_step),
+            lambda t, b=b: balanced_accuracy(
+                tau_norm_logits(h_va, weight, b, t).argmax(1), y_va, ctx.num_classes
+            ),
+        )
+        if best is None or choice.score > best[1].score:
+            best = (option, choice, b)
+    option, choice, bias = best
 
     def fn(s: SplitArrays) -> Scores:
         return Scores(tau_norm_logits(tensor(s.features), weight, bias, choice.value).numpy())
 
-    return FnFitted(fn, chosen={"tau": choice.value, "val_score": choice.score})
+    return FnFitted(fn, chosen={"tau": choice.value, "bias": option, "val_score": choice.score})
 
 
 @register_method("logit_adj", GridSettings, summary="z_l − τ·log π, τ on val")

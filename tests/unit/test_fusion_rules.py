@@ -203,3 +203,24 @@ def test_unknown_settings_and_methods_are_config_errors_listing_valid_ones() -> 
         "linear",
         "kt",
     } <= set(FUSION_METHODS.names())
+
+
+@pytest.mark.parametrize("shift, bias, expected", [(0.0, 3.0, "drop"), (2.0, -2.0, "keep")])
+def test_tau_norm_keeps_or_drops_the_trained_bias_by_val(
+    shift: float, bias: float, expected: str
+) -> None:
+    """W = I (unit norms: τ changes nothing), h = e_y + shift·e_0. A bias of +3 on class 0
+    sends every image to class 0 (dropping it is right); with h shifted towards class 0 the
+    trained bias −2 is what undoes the shift (keeping it is right). Val decides, τ = 0 with
+    the bias kept is exactly the linear head."""
+    y = np.arange(12) % 3
+    h = np.eye(3, dtype=np.float32)[y] + shift * np.eye(3, dtype=np.float32)[0]
+    split = SplitArrays(h, h, y)
+    b = np.array([bias, 0.0, 0.0], np.float32)
+    ctx = FitContext(3, np.array([9, 4, 1]), np.array([1, 1, 2]),
+                     {"linear_weight": np.eye(3, dtype=np.float32), "linear_bias": b})  # fmt: skip
+    fitted = fit_method("tau_norm", split, split, ctx)
+    assert fitted.chosen["bias"] == expected and fitted.chosen["val_score"] == 1.0
+    assert (fitted.scores(split).scores.argmax(1) == y).all()
+    forced = fit_method("tau_norm", split, split, ctx, {"bias": "drop" if shift else "keep"})
+    assert forced.chosen["val_score"] == pytest.approx(1 / 3)  # every image to class 0
