@@ -14,9 +14,11 @@ An accuracy-like number is named ``{split}_{head}_{group}`` (``val_kt_few``,
   ``top1``, ``top5``, ``ece``;
 - ``stat``: ``mean`` or ``std`` over seeds (sample std).
 
-Every such value is a fraction in [0, 1], in every command; only printed tables show percent.
-Other numbers keep plain names: ``lr``, ``images_per_s``, ``epoch_time_s``, ``train_loss``,
-``train_kt_mask_<group>`` (the share of a group's samples the KT mask keeps), and
+Every such value is a fraction in [0, 1], in every command; only what is made for people to
+read (printed tables, the reproduction's CSV and charts) shows percent.
+Other numbers keep plain names: ``lr``, ``images_per_s``, ``epoch_time_s``, ``train_loss`` and
+its parts (``train_loss_kt``, LFME's ``train_loss_kd_<group>``), ``train_kt_mask_<group>`` (the
+share of a group's samples the KT mask keeps, a fraction too), and
 ``chosen_<setting>`` / ``chosen_<method>_<setting>`` for the values a post-hoc method chose on
 val. Pure functions: no MLflow here.
 """
@@ -71,8 +73,8 @@ def parse_metric(name: str) -> tuple[str, str, str, str | None] | None:
     stat = None
     if parts[-1] in STATS:
         stat = parts.pop()
-    if len(parts) < 3 or parts[-1] not in SCORES:
-        return None
+    if len(parts) < 3 or parts[-1] not in SCORES or parts[1] == "loss":
+        return None  # train_loss_kd_many: a loss per group, not a score
     return parts[0], "_".join(parts[1:-1]), parts[-1], stat
 
 

@@ -168,7 +168,8 @@ def test_one_metric_naming_scheme() -> None:
     assert parse_metric("test_ncm_full_many") == ("test", "ncm_full", "many", None)
     assert parse_metric("test_fused_llw_few") == ("test", "fused_llw", "few", None)
     assert parse_metric("test_ce_overall_mean") == ("test", "ce", "overall", "mean")
-    for other in ("lr", "train_loss", "images_per_s", "chosen_llw_epoch", "best_score"):
+    others = ("lr", "train_loss", "train_loss_kd_few", "images_per_s", "chosen_llw_epoch")
+    for other in (*others, "best_score"):
         assert parse_metric(other) is None
     with pytest.raises(ValueError, match="group"):
         metric_name("test", "kt", "rare")
