@@ -116,11 +116,14 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]{len(summary['errors'])} trial(s) failed; see the log above[/red]")
     console.print(f"sweep folder: {sweep_dir}\nreport again: ltray report {sweep_dir}")
     if not args.no_mlflow:
-        from ltray.tracking import resolve_tracking_uri
+        from ltray.tracking import resolve_tracking_uri, runs_table_url
 
         uri = resolve_tracking_uri(args.mlflow_uri or space.base.tracking.mlflow_uri)
+        experiment = args.experiment or space.base.tracking.experiment
         if uri.startswith("sqlite"):
             console.print(
                 f"compare trials: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+                f"\n  then open {runs_table_url(uri, experiment)}",
+                highlight=False,
             )
     return 1 if summary["errors"] and not summary["best"] else 0

@@ -1,5 +1,6 @@
 """Saving post-hoc results: a table (CSV + JSON), a grouped bar chart, LLW's learned weights
-against class frequency, and metrics/artifacts on the run's MLflow run.
+against class frequency, and metrics/artifacts on the run's MLflow run (through
+:mod:`ltray.tracking`).
 
 Results go into a new folder ``RUN_DIR/fusion/fuse-<timestamp>[-N]/`` every time, so earlier
 results are never overwritten. An empty shot group is absent (an empty CSV cell, "—" in the
@@ -11,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -166,41 +166,15 @@ def plot_llw_weights(extras: dict[str, np.ndarray], class_counts: np.ndarray, pa
 
 
 def log_to_mlflow(run_dir: Path, out_dir: Path, results: Sequence[MethodResult]) -> str | None:
-    """Log ``fuse/<method>/test_<group>`` (fractions), ``fuse/<method>/val_overall`` and numeric
-    chosen values, and ``out_dir`` as artifacts, to the run named in ``RUN_DIR/mlflow_run.json``.
+    """Add the results to the MLflow run named in ``RUN_DIR/mlflow_run.json``
+    (:func:`ltray.tracking.log_fusion`: ``{val,test}_fused_<method>_<group>`` as fractions,
+    ``chosen_<method>_<setting>``, and ``out_dir`` as artifacts under ``fusion/<folder>``).
 
     Returns a warning text when that failed (local results are kept), else None. No file → None.
     """
-    info_path = run_dir / "mlflow_run.json"
-    if not info_path.is_file():
-        return None
-    try:
-        info = json.loads(info_path.read_text())
-        import mlflow
+    from ltray.tracking import log_fusion
 
-        client = mlflow.MlflowClient(info["tracking_uri"])
-        run_id = info["run_id"]
-        metrics = []
-        ts = int(__import__("time").time() * 1000)
-        for r in results:
-            vals = {f"test_{g}": getattr(r.test, g) for g in GROUP_COLUMNS}
-            vals["val_overall"] = r.val.overall
-            for k, v in r.chosen.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    vals[f"chosen_{k}"] = v
-            for k, v in vals.items():
-                if v is not None and math.isfinite(float(v)):
-                    metrics.append(mlflow.entities.Metric(f"fuse/{r.name}/{k}", float(v), ts, 0))
-        for i in range(0, len(metrics), 900):
-            client.log_batch(run_id, metrics=metrics[i : i + 900])
-        client.log_artifacts(run_id, str(out_dir), artifact_path=f"fusion/{out_dir.name}")
-    except Exception as exc:  # noqa: BLE001 - tracking must never lose the local results
-        msg = (
-            f"could not log to MLflow ({type(exc).__name__}: {exc}); results are kept in {out_dir}"
-        )
-        warnings.warn(msg, stacklevel=2)
-        return msg
-    return None
+    return log_fusion(run_dir, out_dir, results)
 
 
 def save_results(

@@ -170,21 +170,17 @@ def resolve_run(run: str | Path, *, tracking_uri: str | None = None) -> tuple[Pa
 def _from_mlflow(uri: str, tracking_uri: str | None) -> Path:
     import os
 
-    import mlflow
-
-    from ltray.tracking import resolve_tracking_uri
+    from ltray.tracking import resolve_tracking_uri, run_tags_of
 
     run_id = uri[len("runs:/") :].strip("/").split("/")[0]
     store = resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    client = mlflow.MlflowClient(store)
     try:
-        info = client.get_run(run_id)
-    except Exception as exc:  # noqa: BLE001 - any lookup failure is the same user error
+        tags = run_tags_of(run_id, store)
+    except LookupError as exc:
         raise RunDirError(
-            f"{uri}: no such MLflow run at {client.tracking_uri} ({type(exc).__name__}); set "
-            "MLFLOW_TRACKING_URI to the store the run was logged to"
+            f"{uri}: {exc}; set MLFLOW_TRACKING_URI to the store the run was logged to"
         ) from None
-    local = info.data.tags.get("ltray.run_dir")
+    local = tags.get("ltray.run_dir")
     if local and (Path(local) / "config.yaml").is_file():
         return Path(local)
     raise RunDirError(

@@ -14,15 +14,14 @@ signature, class names and the input spec as metadata), so that
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ltray.models import LTNet, ncm_logits
+from ltray.tracking.models import LoggedModel, log_pytorch_model, register_model
+from ltray.tracking.models import using_tracking_uri as _using_tracking_uri  # noqa: F401
 
 if TYPE_CHECKING:
     from ltray.inference.load import LoadedRun
@@ -103,47 +102,24 @@ class HeadModel(nn.Module):
         return ncm_logits(h, self.means, metric=self.metric, valid=self.valid)
 
 
-@contextmanager
-def _using_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (``log_model`` has no client form) pointed at ``uri``; the caller's
-    tracking URI, and ``MLFLOW_TRACKING_URI`` which ``set_tracking_uri`` rewrites, restored."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
-
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    was = utils._tracking_uri  # None: taken from the environment or MLflow's default
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(was)
-        if env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env
-
-
-def log_model(run: LoadedRun, *, run_id: str, tracking_uri: str, head: str | None = None) -> str:
+def log_model(
+    run: LoadedRun, *, run_id: str, tracking_uri: str, head: str | None = None
+) -> LoggedModel:
     """Log ``run``'s ``head`` (default: its ``eval.select_head``) to the MLflow run ``run_id`` in
     the PyTorch flavour under ``model``, with an input example (2 zero-mean images), the
-    signature inferred from it, and the classes and input spec as metadata. Returns the
-    model URI ``runs:/<run id>/model``."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
-
+    signature inferred from it, and the classes and input spec as metadata (the MLflow calls:
+    :func:`ltray.tracking.models.log_pytorch_model`). Returns the model's ``runs:/<run id>/model``
+    URI and MLflow model id."""
     import ltray
 
     head = head or run.config.eval.select_head
     if head not in run.heads:
         head = "linear"
-    ltray_req = f"ltray=={ltray.__version__}"
     model = run.model(head).cpu()
     s = run.input
     example = torch.zeros(2, s.in_channels, s.image_size, s.image_size)
     with torch.inference_mode():
         out = model(example)
-    signature = infer_signature(example.numpy(), out.numpy())
     metadata: dict[str, Any] = {
         "ltray_version": ltray.__version__,
         "head": head,
@@ -152,32 +128,15 @@ def log_model(run: LoadedRun, *, run_id: str, tracking_uri: str, head: str | Non
         "run_dir": str(run.run_dir),
     }
     torch_req = f"torch=={torch.__version__.split('+')[0]}"
-    with _using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
-        # torch.export (``pt2``) first: the saved graph loads without ltray installed. A
-        # network export cannot trace is pickled instead, which needs ltray to load.
-        for fmt, reqs in (("pt2", [torch_req]), ("pickle", [torch_req, ltray_req])):
-            try:
-                mlflow.pytorch.log_model(
-                    model,
-                    name=MODEL_ARTIFACT,
-                    input_example=example.numpy(),
-                    signature=signature,
-                    metadata={**metadata, "serialization_format": fmt},
-                    pip_requirements=reqs,
-                    serialization_format=fmt,
-                )
-                break
-            except Exception:  # noqa: BLE001 - torch.export raises many types
-                if fmt == "pickle":
-                    raise
-    return f"runs:/{run_id}/{MODEL_ARTIFACT}"
-
-
-def register_model(model_uri: str, name: str, *, tracking_uri: str) -> str:
-    """Register ``model_uri`` (``runs:/<id>/model``) in the MLflow model registry as a new
-    version of ``name``; returns ``models:/<name>/<version>``."""
-    import mlflow
-
-    with _using_tracking_uri(tracking_uri):
-        version = mlflow.register_model(model_uri, name)
-    return f"models:/{name}/{version.version}"
+    # torch.export (``pt2``) first: the saved graph loads without ltray installed. A network
+    # export cannot trace is pickled instead, which needs ltray to load.
+    return log_pytorch_model(
+        model,
+        example.numpy(),
+        out.numpy(),
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        name=MODEL_ARTIFACT,
+        metadata=metadata,
+        requirements=[("pt2", [torch_req]), ("pickle", [torch_req, f"ltray=={ltray.__version__}"])],
+    )

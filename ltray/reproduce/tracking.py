@@ -1,9 +1,15 @@
-"""MLflow for a reproduction: one parent run (options, table metrics, table artifacts) and one
-child run per stage-1 run trained, all written from the driver process (one SQLite writer).
+"""MLflow for a reproduction: one parent run (options, table cells, table artifacts, the
+datasets of its seeds) and one child run per stage-1 run trained (logged like an `ltray train`
+run: params, dataset, test metrics, table, model), all written from the driver process (one
+SQLite writer) through :mod:`ltray.tracking`.
+
+Table cells are metrics named ``test_<row>_<group>_{mean,std}`` (``test_ce_overall_mean``,
+``test_mixup_input_0.3_instance_few_std``), fractions in [0, 1] like every ltray metric; the
+tables themselves (text, CSV, PNG) show percent.
 
 The parent's id is kept in ``plan.json`` and the logged children in ``DIR/mlflow_runs.json``, so
-``--resume`` adds to the same parent and never logs a run twice. Calls go through
-:class:`~ltray.tracking.SpoolingClient`: with the server down they are replayed later.
+``--resume`` adds to the same parent and never logs a run twice. With the server down, calls are
+spooled and replayed later.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from pathlib import Path
 from ltray.reproduce.plan import Plan, is_finished, run_config, write_plan
 from ltray.reproduce.table import COLUMNS, TableRow
 
-__all__ = ["log_reproduction"]
+__all__ = ["log_reproduction", "row_metrics", "row_key"]
 
 
 def _logged(out_dir: Path) -> dict[str, str]:
@@ -22,17 +28,25 @@ def _logged(out_dir: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _row_metrics(prefix: str, rows: list[TableRow]) -> dict[str, float]:
+def row_key(prefix: str, key: str) -> str:
+    """A table row as the ``head`` of a metric name: ``ce``, ``mixup_input_0.3_instance``."""
+    return prefix + key.replace("/", "_").replace("—", "none")
+
+
+def row_metrics(prefix: str, rows: list[TableRow]) -> dict[str, float]:
+    """``test_<row>_<group>_mean`` / ``_std`` of every cell (fractions; absent cells left out)."""
+    from ltray.tracking import metric_name
+
     out: dict[str, float] = {}
     for row in rows:
-        key = row.key.replace("/", "_").replace("—", "none")
+        head = row_key(prefix, row.key)
         for col in COLUMNS:
             agg = row.cells[col]
             if agg is None:
                 continue
-            out[f"{prefix}{key}_{col}_mean"] = 100 * agg.mean
+            out[metric_name("test", head, col, "mean")] = agg.mean
             if agg.std is not None:
-                out[f"{prefix}{key}_{col}_std"] = 100 * agg.std
+                out[metric_name("test", head, col, "std")] = agg.std
     return out
 
 
@@ -49,18 +63,27 @@ def log_reproduction(
 ) -> str:
     """Log (or extend) the parent run and a child per finished stage-1 run; returns the parent's
     id. The parent is closed (FINISHED) only when ``complete``."""
-    from ltray.tracking import SpoolingClient, final_test_metrics, mlflow_params
+    from ltray.tracking import (
+        SpoolingClient,
+        link_run_dir,
+        log_dataset,
+        log_results,
+        log_run_model,
+        mlflow_params,
+        start_run,
+    )
 
     client = SpoolingClient(uri, out_dir / "mlflow_spool.jsonl")
     if plan.mlflow_parent is None:
-        plan.mlflow_parent = client.create_run(
-            experiment, f"reproduce-{out_dir.name}", {"ltray.reproduce": str(out_dir)}
-        )
-        write_plan(plan, out_dir)
         opts = plan.opts
-        client.log_params(
-            plan.mlflow_parent,
-            {
+        plan.mlflow_parent = start_run(
+            client,
+            experiment,
+            f"reproduce-{out_dir.name}",
+            command="ltray reproduce",
+            run_dir=out_dir,
+            tags={"ltray.reproduce": str(out_dir)},
+            params={
                 "source": plan.source,
                 "seeds": opts.seeds,
                 "methods": ",".join(opts.methods),
@@ -74,23 +97,32 @@ def log_reproduction(
     parent = plan.mlflow_parent
     write_plan(plan, out_dir)  # keeps the parent id and the tracking URI for --resume
     logged = _logged(out_dir)
+    datasets = {}
     for run in plan.runs:
         run_dir = out_dir / run.id
         if run.id in logged or not is_finished(run_dir):
             continue
-        child = client.create_run(
+        child = start_run(
+            client,
             experiment,
             run.id,
-            {"mlflow.parentRunId": client.resolve(parent), "ltray.run_dir": str(run_dir)},
+            command="ltray reproduce",
+            parent=client.resolve(parent),
+            run_dir=run_dir,
+            params=mlflow_params(run_config(plan, run, out_dir)),
         )
-        client.log_params(child, mlflow_params(run_config(plan, run, out_dir)))
-        results = json.loads((run_dir / "results.json").read_text())
-        client.log_metrics(child, final_test_metrics(results), step=int(results["best_epoch"]))
-        client.log_artifact(child, str(run_dir / "table.txt"))
+        ds = log_dataset(client, child, run_dir)
+        if ds is not None:
+            datasets.setdefault(ds["digest"], run_dir)
+        log_results(client, child, run_dir)
+        model = log_run_model(client, child, run_dir)
         client.set_terminated(child)
+        link_run_dir(run_dir, client, child, model)
         logged[run.id] = client.resolve(child)
     (out_dir / "mlflow_runs.json").write_text(json.dumps(logged, indent=1))
-    client.log_metrics(parent, {**_row_metrics("", main), **_row_metrics("mixup_", mixup)}, 0)
+    for run_dir in datasets.values():  # one split per seed: the parent used them all
+        log_dataset(client, parent, run_dir)
+    client.log_metrics(parent, {**row_metrics("", main), **row_metrics("mixup_", mixup)}, 0)
     for path in artifacts:
         client.log_artifact(parent, str(path))
     client.log_artifact(parent, str(out_dir / "plan.json"))

@@ -115,6 +115,8 @@ def run_training(
 
     # -- data and model -----------------------------------------------------------------------
     data = prepare_data(cfg.data)
+    if is_main and not (run_dir / "split.json").is_file():  # a tune trial: no driver wrote it
+        rundir.write_split_info(run_dir, data.split_info)
     method = get_method(cfg)
     data = method.prepare_data(data, cfg)  # e.g. an LFME expert trains on one shot group only
     small = cfg.model.small_input if cfg.model.small_input is not None else data.small_input

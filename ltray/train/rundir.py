@@ -35,6 +35,7 @@ __all__ = [
     "checkpoint_path",
     "save_checkpoint",
     "append_metrics",
+    "write_split_info",
     "read_metrics",
     "progress_line",
     "write_cache",
@@ -71,6 +72,15 @@ def write_worker_pid(run_dir: Path, rank: int) -> None:
     path = Path(run_dir) / "workers" / f"rank{rank}.pid"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(str(os.getpid()))
+
+
+def write_split_info(run_dir: Path, info: dict[str, Any]) -> Path:
+    """``split.json``: what data the run used (``LTData.split_info``; the dataset input that
+    :mod:`ltray.tracking` logs is read from it)."""
+    path = Path(run_dir) / "split.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=1, default=str))
+    return path
 
 
 def append_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:

@@ -2,9 +2,11 @@
 
 Logging from the driver (one process) avoids SQLite's "database is locked" with concurrent
 trials. The trial → run-id map is persisted in the sweep folder, so a resumed sweep
-(`ltray tune --resume`) keeps exactly one child run per trial. Every call goes through
-:class:`~ltray.tracking.SpoolingClient`: with the server down, trials still finish and their
-records are replayed once it is back.
+(`ltray tune --resume`) keeps exactly one child run per trial. This module decides *when* to
+log; what is logged, and every MLflow call, is :mod:`ltray.tracking`'s (a trial's run is made
+like any other run: source tags, params, dataset input, per-epoch metrics, test metrics,
+artifacts and model). With the server down, trials still finish and their records are replayed
+once it is back.
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ltray.tracking import SpoolingClient, final_test_metrics
+from ltray.tracking import (
+    SpoolingClient,
+    link_run_dir,
+    log_dataset,
+    log_results,
+    log_run_model,
+    start_run,
+)
 
 __all__ = ["MlflowSweepCallback", "trial_metrics"]
 
-_ARTIFACTS = ("config.yaml", "results.json", "table.txt", "per_class.png", "metrics.csv")
-
 
 def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The numbers of one Tune result worth logging (val/train/test metrics, lr, speed)."""
-    keep = ("val_", "train_", "test_", "lr", "images_per_s", "epoch_time_s", "fused_")
+    """The numbers of one Tune result worth logging (val/train/test metrics, lr, speed, the
+    values a post-hoc fit chose), named as :mod:`ltray.tracking.names` says."""
+    keep = ("val_", "train_", "test_", "lr", "images_per_s", "epoch_time_s", "chosen_")
     return {
         k: float(v)
         for k, v in result.items()
@@ -42,12 +50,15 @@ class MlflowSweepCallback(Callback):
         parent_run_id: str,
         sweep_dir: str,
         base_params: dict[str, str],
+        from_run: str | None = None,
     ) -> None:
+        """``from_run``: the cached run a post-hoc sweep fits (its trials train nothing)."""
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self.sweep_dir = sweep_dir
         self.base_params = base_params
+        self.from_run = from_run
         self._client: SpoolingClient | None = None
 
     # Tune pickles callbacks into the experiment state; keep only plain data.
@@ -76,19 +87,33 @@ class MlflowSweepCallback(Callback):
         tmp.write_text(json.dumps(runs, indent=1))
         os.replace(tmp, self._map_path)
 
+    def _trial_dir(self, trial: Any) -> Path:
+        return Path(self.sweep_dir) / "trials" / trial.trial_id
+
     def _run_id(self, trial: Any) -> str:
         runs = self._runs()
         if trial.trial_id not in runs:
-            run_id = self.client.create_run(
+            searched = {k: v for k, v in trial.config.items() if not k.startswith("__")}
+            run_id = start_run(
+                self.client,
                 self.experiment,
                 f"trial-{trial.trial_id}",
-                {"mlflow.parentRunId": self.parent_run_id, "ltray.trial_id": trial.trial_id},
+                command="ltray tune",
+                parent=self.parent_run_id,
+                run_dir=self._trial_dir(trial),
+                tags={"ltray.trial_id": trial.trial_id},
+                params={**self.base_params, **searched},
             )
             runs[trial.trial_id] = run_id
             self._save_runs(runs)
-            searched = {k: v for k, v in trial.config.items() if not k.startswith("__")}
-            self.client.log_params(run_id, {**self.base_params, **searched})
         return runs[trial.trial_id]
+
+    def _log_dataset(self, trial: Any, run_id: str) -> None:
+        """The split the trial trained on (its ``split.json``), or, for a post-hoc trial, the
+        split of the run whose cache it fits."""
+        for where in (self._trial_dir(trial), getattr(self, "from_run", None)):
+            if where and log_dataset(self.client, run_id, where) is not None:
+                return
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._run_id(trial)
@@ -102,21 +127,22 @@ class MlflowSweepCallback(Callback):
         steps = json.loads(steps_path.read_text()) if steps_path.is_file() else {}
         if step <= steps.get(trial.trial_id, 0):
             return
-        self.client.log_metrics(self._run_id(trial), trial_metrics(result), step=step)
+        run_id = self._run_id(trial)
+        if trial.trial_id not in steps:  # its first result: the split is written by now
+            self._log_dataset(trial, run_id)
+        self.client.log_metrics(run_id, trial_metrics(result), step=step)
         steps[trial.trial_id] = step
         steps_path.write_text(json.dumps(steps))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)
-        trial_dir = Path(self.sweep_dir) / "trials" / trial.trial_id
-        results_path = trial_dir / "results.json"
-        if results_path.is_file():
-            results = json.loads(results_path.read_text())
-            self.client.log_metrics(
-                run_id, final_test_metrics(results), step=int(results["best_epoch"])
-            )
-            for name in _ARTIFACTS:
-                self.client.log_artifact(run_id, str(trial_dir / name))
+        trial_dir = self._trial_dir(trial)
+        if (trial_dir / "results.json").is_file():
+            log_results(self.client, run_id, trial_dir)
+            model = log_run_model(self.client, run_id, trial_dir)
+            link_run_dir(trial_dir, self.client, run_id, model)
+        elif getattr(self, "from_run", None) is not None:
+            link_run_dir(trial_dir, self.client, run_id)  # a post-hoc fit: logged per result
         else:
             self.client.set_tag(run_id, "ltray.stopped_early", "true")
         self.client.set_terminated(run_id, "FINISHED")

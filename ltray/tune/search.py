@@ -328,16 +328,20 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
     experiment = opts.experiment or space.base.tracking.experiment
     callbacks = []
     if opts.mlflow:
-        from ltray.tracking import SpoolingClient
+        from ltray.tracking import SpoolingClient, start_run
         from ltray.tune.mlflow_callback import MlflowSweepCallback
 
         parent = state.get("mlflow_parent")
         if parent is None:
             client = SpoolingClient(uri, local / "mlflow_spool.jsonl")
-            parent = client.create_run(experiment, f"sweep-{name}", {"ltray.sweep": name})
-            client.log_params(
-                parent,
-                {
+            parent = start_run(
+                client,
+                experiment,
+                f"sweep-{name}",
+                command="ltray tune",
+                run_dir=local,
+                tags={"ltray.sweep": name},
+                params={
                     "space": space.path.name,
                     "kind": space.spec.kind,
                     "metric": ",".join(space.metrics),
@@ -353,6 +357,7 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
                 parent_run_id=parent,
                 sweep_dir=str(local),
                 base_params=mlflow_params(space.base),
+                from_run=from_run if space.spec.kind == POSTHOC else None,
             )
         )
     else:
@@ -413,43 +418,78 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
         from ltray.tracking import SpoolingClient
 
         client = SpoolingClient(uri, local / "mlflow_spool.jsonl")
-        best = summary.get("best") or {}
-        client.log_metrics(
-            parent, {f"best_{k}": v for k, v in best.get("metrics", {}).items()}, step=0
-        )
-        client.log_artifact(parent, str(local / "summary.json"))
-        _log_best_model(client, local, parent, best, register=opts.register)
-        client.set_terminated(parent)
-        client.flush()
+        _finish_parent(client, local, parent, summary, from_run, register=opts.register)
     return summary
+
+
+def _finish_parent(
+    client: Any,
+    sweep_dir: Path,
+    parent: str,
+    summary: dict[str, Any],
+    from_run: str | None,
+    *,
+    register: str | None,
+) -> None:
+    """The sweep's parent run at the end: the best trial's numbers under their own names (the
+    best value of each sweep metric over its epochs, its test metrics), its dataset and model,
+    ``summary.json``; then closed."""
+    from ltray.tracking import log_dataset, parse_metric, result_metrics
+
+    best = summary.get("best") or {}
+    if best:
+        client.set_tag(parent, "ltray.best_trial", best["trial_id"])
+        metrics = dict(best.get("metrics", {}))
+        if best.get("results"):
+            metrics.update(result_metrics(best["results"]))
+        else:  # a post-hoc fit reports val and test once
+            last = best.get("last") or {}
+            metrics.update({k: v for k, v in last.items() if parse_metric(k) and k not in metrics})
+        client.log_metrics(parent, metrics, step=0)
+        for where in (best.get("dir"), from_run):
+            if where and log_dataset(client, parent, where) is not None:
+                break
+    client.log_artifact(parent, str(sweep_dir / "summary.json"))
+    _log_best_model(client, sweep_dir, parent, best, register=register)
+    client.set_terminated(parent)
+    client.flush()
 
 
 def _log_best_model(
     client: Any, sweep_dir: Path, parent: str, best: dict[str, Any], *, register: str | None
 ) -> None:
-    """The best trial's network as an MLflow model in its child run (a post-hoc sweep's trials
-    have none); the parent run's ``ltray.best_model`` tag points at it; with ``register``, it
-    becomes a new version of that registered model."""
-    from ltray.tracking import log_run_model
+    """The best trial's network as an MLflow model in its child run (logged when the trial
+    ended, else now; a post-hoc sweep's trials have none), shown as the parent run's model too;
+    the parent run's ``ltray.best_model`` tag points at it; with ``register``, it becomes a new
+    version of that registered model."""
+    from ltray.tracking import LoggedModel, log_run_model, read_run_link, register_model
 
     trial_dir = Path(best.get("dir", ""))
     runs_path = sweep_dir / "mlflow_runs.json"
     if not (trial_dir / "checkpoints" / "best.pt").is_file() or not runs_path.is_file():
         return
     child = json.loads(runs_path.read_text()).get(best["trial_id"])
-    uri = log_run_model(client, child, trial_dir) if child else None
-    if uri is None:
+    if not child:
         return
-    client.set_tag(parent, "ltray.best_model", uri)
+    link = read_run_link(trial_dir) or {}
+    if link.get("model_uri") and link.get("run_id") == client.resolve(child):
+        model: LoggedModel | None = LoggedModel(link["model_uri"], link.get("model_id"))
+    else:
+        model = log_run_model(client, child, trial_dir)
+    if model is None:
+        return
+    client.set_tag(parent, "ltray.best_model", model.uri)
+    if model.model_id:
+        client.link_model(parent, model.model_id)
     if register:
         import warnings
 
-        from ltray.inference.model import register_model
-
         try:
-            version = register_model(uri, register, tracking_uri=client.tracking_uri)
+            version = register_model(model.uri, register, tracking_uri=client.tracking_uri)
         except Exception as exc:  # noqa: BLE001 - the sweep's results are kept regardless
-            warnings.warn(f"--register {register}: {uri} not registered ({exc})", stacklevel=2)
+            warnings.warn(
+                f"--register {register}: {model.uri} not registered ({exc})", stacklevel=2
+            )
             return
         client.set_tag(parent, "ltray.registered_model", version)
 

@@ -63,7 +63,8 @@ def test_fuse_all_end_to_end(run_dir: Path, capsys: pytest.CaptureFixture[str]) 
     for png in ("groups.png", "llw_weights.png"):
         assert (out / png).stat().st_size > 1000
     logged = client.get_run(run_id).data.metrics
-    assert "fuse/llw/test_few" in logged and "fuse/weighted/chosen_w" in logged
+    assert "test_fused_llw_few" in logged and "chosen_weighted_w" in logged
+    assert all(0 <= v <= 1 for k, v in logged.items() if not k.startswith("chosen_"))
     assert client.list_artifacts(run_id, f"fusion/{out.name}")
 
     # a second run never overwrites the first; a broken MLflow link only warns

@@ -1,9 +1,12 @@
-"""MLflow tracking that never loses a result.
+"""The MLflow client that never loses a result.
 
-Everything goes through :class:`SpoolingClient`: each MLflow call is tried at once; if the
-tracking server cannot be reached the call is appended to a local spool file (JSON lines) and
-replayed, in order, before the next call and by :meth:`SpoolingClient.flush`. A sweep therefore
-finishes when the server is down, and its runs appear in MLflow once the server is back.
+Every MLflow call of ltray goes through :class:`SpoolingClient`: each call is tried at once; if
+the tracking server cannot be reached the call is appended to a local spool file (JSON lines)
+and replayed, in order, before the next call and by :meth:`SpoolingClient.flush`. A sweep
+therefore finishes when the server is down, and its runs appear in MLflow once the server is
+back. A call the server refuses for good (an unknown run, an invalid value) is not spooled: it
+is dropped with a warning and recorded in :attr:`SpoolingClient.refused`, so it can never block
+the replay of what follows it.
 
 Default store: an absolute ``sqlite:///$LTRAY_HOME/mlflow.db`` (Ray chdirs into trial folders,
 so a relative URI would point elsewhere in every process).
@@ -22,14 +25,15 @@ from typing import Any
 
 from ltray.config import Config, flatten
 from ltray.paths import default_mlflow_uri, ltray_home
+from ltray.tracking.names import fraction_problems
 
 __all__ = [
     "resolve_tracking_uri",
+    "artifact_location",
     "SpoolingClient",
-    "log_train_run",
-    "log_run_model",
     "mlflow_params",
-    "final_test_metrics",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,25 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 # MLflow caps a param value at 6000 characters (older servers: 500); keep values short.
 _MAX_PARAM = 500
+# A tag value may hold 8000 characters; MLflow takes at most 1000 metrics per batch.
+_MAX_TAG = 5000
+_BATCH = 900
+
+# How MLflow 3 marks an experiment's type (the experiment-type selector of the UI writes this
+# tag): ltray's experiments train models, they are not GenAI apps.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+# Errors of a call the server understood and refused: retrying cannot help.
+_REFUSED = {
+    "RESOURCE_DOES_NOT_EXIST",
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+    "MALFORMED_REQUEST",
+    "PERMISSION_DENIED",
+}
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -80,7 +103,11 @@ def mlflow_params(cfg: Config) -> dict[str, str]:
 
 
 class SpoolingClient:
-    """An ``MlflowClient`` whose failed calls are spooled to ``spool`` and replayed later."""
+    """An ``MlflowClient`` whose failed calls are spooled to ``spool`` and replayed later.
+
+    The operations take JSON-able arguments only (that is what the spool holds). Higher-level
+    logging (runs with their tags, dataset, results and model) is in :mod:`ltray.tracking.runs`.
+    """
 
     def __init__(self, tracking_uri: str, spool: Path) -> None:
         from mlflow import MlflowClient
@@ -88,24 +115,31 @@ class SpoolingClient:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.spool = Path(spool)
+        self.refused: list[str] = []  # "op: error" of each call the server refused for good
         self._warned = False
         self._down_until = 0.0
 
-    # -- public operations (all spoolable, JSON arguments only) --------------------------------
+    # Picklable (Tune pickles callbacks): the MLflow client is rebuilt on unpickling.
     def __getstate__(self) -> dict[str, Any]:
-        # Picklable (Tune pickles callbacks): the MLflow client is rebuilt on unpickling.
         return {"tracking_uri": self.tracking_uri, "spool": self.spool}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["tracking_uri"], state["spool"])  # type: ignore[misc]
 
+    # -- public operations (all spoolable, JSON arguments only) --------------------------------
     def experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, created if needed; marked as a model-training
+        experiment (:data:`EXPERIMENT_KIND`) unless it already says what it is."""
         exp = self.client.get_experiment_by_name(name)
-        if exp:
-            return exp.experiment_id
-        return self.client.create_experiment(
-            name, artifact_location=artifact_location(self.tracking_uri, name)
-        )
+        if exp is None:
+            return self.client.create_experiment(
+                name,
+                artifact_location=artifact_location(self.tracking_uri, name),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return exp.experiment_id
 
     def create_run(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
         """Create a run and return its id. While the server is unreachable the creation is
@@ -124,6 +158,47 @@ class SpoolingClient:
         """The real id of a run created while the server was down (itself otherwise)."""
         return self._ids().get(run_id, run_id)
 
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        self._call("log_params", run_id, {k: str(v)[:_MAX_PARAM] for k, v in params.items()})
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        bad = fraction_problems(clean)
+        if bad:  # a percent where ltray logs fractions: a bug, but never a lost result
+            warnings.warn(f"metrics outside [0, 1]: {', '.join(bad[:5])}", stacklevel=2)
+        if clean:
+            self._call("log_metrics", run_id, clean, step)
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self._call("set_tag", run_id, key, value)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self._call("set_tags", run_id, {k: str(v)[:_MAX_TAG] for k, v in tags.items()})
+
+    def log_dataset(self, run_id: str, dataset: dict[str, Any]) -> None:
+        """Log a dataset input (:func:`ltray.tracking.context.dataset_input`'s dict)."""
+        self._call("log_dataset", run_id, dataset)
+
+    def link_model(self, run_id: str, model_id: str, step: int = 0) -> None:
+        """Show a logged model (its MLflow model id) as an output of another run."""
+        self._call("link_model", run_id, model_id, step)
+
+    def log_artifact(self, run_id: str, path: str) -> None:
+        if Path(path).exists():
+            self._call("log_artifact", run_id, str(path))
+
+    def log_artifacts(self, run_id: str, folder: str, artifact_path: str | None = None) -> None:
+        if Path(folder).is_dir():
+            self._call("log_artifacts", run_id, str(folder), artifact_path)
+
+    def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
+        self._call("set_terminated", run_id, status)
+
+    def flush(self) -> bool:
+        """Replay the spool; True when it is empty afterwards."""
+        return self._replay(force=True)
+
+    # -- machinery -----------------------------------------------------------------------------
     def _create(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
         # A tag naming a run created while the server was down (a child's
         # mlflow.parentRunId=pending-…) is rewritten to that run's real id.
@@ -141,30 +216,8 @@ class SpoolingClient:
         path = self._ids_path()
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        self._call("log_params", run_id, {k: str(v)[:_MAX_PARAM] for k, v in params.items()})
-
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
-        self._call("log_metrics", run_id, clean, step)
-
-    def set_tag(self, run_id: str, key: str, value: str) -> None:
-        self._call("set_tag", run_id, key, value)
-
-    def log_artifact(self, run_id: str, path: str) -> None:
-        if Path(path).exists():
-            self._call("log_artifact", run_id, str(path))
-
-    def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
-        self._call("set_terminated", run_id, status)
-
-    def flush(self) -> bool:
-        """Replay the spool; True when it is empty afterwards."""
-        return self._replay(force=True)
-
-    # -- machinery -----------------------------------------------------------------------------
     def _do(self, op: str, args: list[Any]) -> None:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param, RunTag
 
         if op == "create_run":
             local, experiment, run_name, tags = args
@@ -175,22 +228,36 @@ class SpoolingClient:
         args = [self.resolve(args[0]), *args[1:]]
         if args[0].startswith("pending-"):
             raise RuntimeError(f"run {args[0]} was never created")
+        run_id = args[0]
         if op == "log_params":
-            run_id, params = args
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            params = [Param(k, v) for k, v in args[1].items()]
+            for i in range(0, len(params), 100):  # MLflow: at most 100 params per batch
+                self.client.log_batch(run_id, params=params[i : i + 100])
         elif op == "log_metrics":
-            run_id, metrics, step = args
+            _, metrics, step = args
             ts = int(time.time() * 1000)
-            self.client.log_batch(
-                run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()]
-            )
+            batch = [Metric(k, v, ts, step) for k, v in metrics.items()]
+            for i in range(0, len(batch), _BATCH):
+                self.client.log_batch(run_id, metrics=batch[i : i + _BATCH])
         elif op == "set_tag":
-            run_id, key, value = args
+            _, key, value = args
             self.client.set_tag(
                 run_id, key, self.resolve(value) if isinstance(value, str) else value
             )
+        elif op == "set_tags":
+            tags = [RunTag(k, self.resolve(v)) for k, v in args[1].items()]
+            self.client.log_batch(run_id, tags=tags)
+        elif op == "log_dataset":
+            self.client.log_inputs(run_id, datasets=[_dataset_entity(args[1])])
+        elif op == "link_model":
+            from mlflow.entities import LoggedModelOutput
+
+            _, model_id, step = args
+            self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
         elif op == "log_artifact":
             self.client.log_artifact(*args)
+        elif op == "log_artifacts":
+            self.client.log_artifacts(*args)
         elif op == "set_terminated":
             self.client.set_terminated(*args)
         else:  # pragma: no cover - the spool only holds the ops above
@@ -202,6 +269,9 @@ class SpoolingClient:
                 self._do(op, list(args))
                 return
             except Exception as exc:  # noqa: BLE001 - any transport/server failure spools
+                if _refused(exc):
+                    self._refuse(op, exc)
+                    return
                 self._warn(exc)
         self._spool_op(op, list(args))
 
@@ -222,8 +292,10 @@ class SpoolingClient:
             try:
                 self._do(item["op"], item["args"])
             except Exception as exc:  # noqa: BLE001
-                self._warn(exc)
-                break
+                if not _refused(exc):
+                    self._warn(exc)
+                    break
+                self._refuse(item["op"], exc)  # dropped: it must not block what follows
             done += 1
         rest = lines[done:]
         if rest:
@@ -233,6 +305,11 @@ class SpoolingClient:
             return False
         self.spool.unlink()
         return True
+
+    def _refuse(self, op: str, exc: Exception) -> None:
+        text = f"{op}: {type(exc).__name__}: {str(exc)[:300]}"
+        self.refused.append(text)
+        warnings.warn(f"MLflow at {self.tracking_uri} refused {text}", stacklevel=4)
 
     def _warn(self, exc: Exception) -> None:
         self._down_until = time.time() + _RETRY_AFTER_S
@@ -245,70 +322,25 @@ class SpoolingClient:
             self._warned = True
 
 
+def _refused(exc: Exception) -> bool:
+    """Whether the server understood the call and refused it (no retry can help)."""
+    return getattr(exc, "error_code", None) in _REFUSED
+
+
+def _dataset_entity(d: dict[str, Any]) -> Any:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(
+        name=d["name"],
+        digest=d["digest"],
+        source_type=d["source_type"],
+        source=d["source"],
+        schema=d.get("schema"),
+        profile=d.get("profile"),
+    )
+    tags = [InputTag(key="mlflow.data.context", value=d["context"])] if d.get("context") else []
+    return DatasetInput(dataset=dataset, tags=tags)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-
-
-def log_train_run(cfg: Config, run_dir: Path, results: dict[str, Any]) -> str:
-    """Log a finished `ltray train` run (params, per-epoch metrics, test metrics, artifacts)
-    and write ``mlflow_run.json`` so `ltray fuse` can add to the same run."""
-    from ltray.train.rundir import read_metrics
-
-    uri = resolve_tracking_uri(cfg.tracking.mlflow_uri)
-    client = SpoolingClient(uri, Path(run_dir) / "mlflow_spool.jsonl")
-    try:
-        run_id = client.create_run(
-            cfg.tracking.experiment, Path(run_dir).name, {"ltray.run_dir": str(run_dir)}
-        )
-    except Exception as exc:  # noqa: BLE001
-        warnings.warn(f"MLflow at {uri} unreachable ({exc}); run not logged", stacklevel=2)
-        return None
-    client.log_params(run_id, mlflow_params(cfg))
-    for rec in read_metrics(run_dir):
-        client.log_metrics(run_id, rec, step=int(rec["epoch"]))
-    client.log_metrics(run_id, final_test_metrics(results), step=int(results["best_epoch"]))
-    for name in ("config.yaml", "results.json", "table.txt", "per_class.png", "metrics.csv"):
-        client.log_artifact(run_id, str(Path(run_dir) / name))
-    log_run_model(client, run_id, run_dir)
-    client.set_terminated(run_id)
-    run_id = client.resolve(run_id)
-    (Path(run_dir) / "mlflow_run.json").write_text(
-        json.dumps({"tracking_uri": uri, "run_id": run_id})
-    )
-    return run_id
-
-
-def log_run_model(client: SpoolingClient, run_id: str, run_dir: Path) -> str | None:
-    """Log the run's network (its ``eval.select_head``) in MLflow's PyTorch flavour under
-    ``model`` (:func:`ltray.inference.model.log_model`); returns the model URI. A run that only
-    reached the spool, or a failure, costs a warning, never the results."""
-    real = client.resolve(run_id)
-    if real.startswith("pending-"):
-        warnings.warn(
-            f"MLflow unreachable: the model of {run_dir} is not logged; "
-            "`ltray.load_run(run_dir)` loads it from the run directory",
-            stacklevel=2,
-        )
-        return None
-    try:
-        from ltray.inference import load_run
-        from ltray.inference.model import log_model
-
-        return log_model(load_run(run_dir), run_id=real, tracking_uri=client.tracking_uri)
-    except Exception as exc:  # noqa: BLE001 - logging the model must not lose the run
-        warnings.warn(
-            f"model of {run_dir} not logged to MLflow run {real} ({type(exc).__name__}: {exc})",
-            stacklevel=2,
-        )
-        return None
-
-
-def final_test_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """``{"test_kt_overall": ..., ...}`` from ``results.json`` (absent groups left out)."""
-    out: dict[str, float] = {}
-    for head, per_split in results["heads"].items():
-        for key in ("many", "medium", "few", "overall", "top1", "top5", "ece"):
-            v = per_split["test"].get(key)
-            if v is not None:
-                out[f"test_{head}_{key}"] = float(v)
-    return out
