@@ -200,6 +200,22 @@ def run_training(
     history_t0 = time.time()
     timing = {"setup_s": history_t0 - t_enter, "train_s": 0.0, "eval_s": 0.0, "memory_init_s": 0.0}
     last_val = None  # (epoch, val arrays) of the latest evaluation, reused by the final pass
+    results = None
+
+    def _finish() -> dict[str, Any]:
+        """Score the best weights on every split; write the cache, results and timing."""
+        t_final = time.time()
+        # The weights in memory are the best ones when the best epoch is the last one trained
+        # here: no reload, and that epoch's val pass is reused.
+        in_memory = best["epoch"] == cfg.train.epochs - 1 and start_epoch < cfg.train.epochs
+        reuse = last_val[1] if in_memory and last_val and last_val[0] == best["epoch"] else None
+        out = finalize_run(cfg, run_dir, net, data, device, reload=not in_memory, val=reuse)
+        # Time spent inside the loop (data, model, epochs, final evaluation): benchmarks
+        # subtract loop_s from a run's wall time to get the orchestration overhead.
+        timing.update(final_s=time.time() - t_final, loop_s=time.time() - t_enter)
+        (run_dir / "timing.json").write_text(json.dumps(timing))
+        return out
+
     for epoch in range(start_epoch, cfg.train.epochs):
         seed_everything(_epoch_seed(cfg, epoch, rank))
         gen = torch.Generator().manual_seed(_epoch_seed(cfg, epoch, rank))
@@ -306,21 +322,15 @@ def run_training(
             )
             rundir.append_metrics(run_dir, metrics)
             print(rundir.progress_line(metrics, cfg), flush=True)
+        if epoch == cfg.train.epochs - 1 and finalize and is_main:
+            # Before the last report: a scheduler (ASHA with a rung at the last epoch) may stop
+            # the trial on that report, and the results must exist by then.
+            results = _finish()
         ctx.report(metrics, ckpt_path)
 
     if not (finalize and is_main):
         return None
-    t_final = time.time()
-    # The weights in memory are the best ones when the best epoch is the last one trained here:
-    # no reload, and that epoch's val pass is reused.
-    in_memory_best = best["epoch"] == cfg.train.epochs - 1 and start_epoch < cfg.train.epochs
-    reuse = last_val[1] if in_memory_best and last_val and last_val[0] == best["epoch"] else None
-    results = finalize_run(cfg, run_dir, net, data, device, reload=not in_memory_best, val=reuse)
-    # Time spent inside the loop (data, model, epochs, final evaluation): benchmarks subtract
-    # loop_s from a run's wall time to get the orchestration overhead.
-    timing.update(final_s=time.time() - t_final, loop_s=time.time() - t_enter)
-    (run_dir / "timing.json").write_text(json.dumps(timing))
-    return results
+    return results if results is not None else _finish()
 
 
 def _select_metric(cfg: Config) -> str:

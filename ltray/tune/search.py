@@ -581,8 +581,9 @@ def _tune_config(space: Space, num_samples: int, max_concurrent: int) -> Any:
     )
     scheduler = None
     if s.scheduler == "asha" and not multi and space.spec.kind != POSTHOC:
-        # max_t one past the last epoch: the last report is never a forced stop, so a trial that
-        # survives every rung returns normally and writes its results and cache.
+        # max_t one past the last epoch: no forced stop at max_t. A rung can still fall on the
+        # last epoch (grace 1, factor 2, 4 epochs) and stop a trial on its last report, so the
+        # training loop writes its results and cache before that report.
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
             metric=space.metrics[0],

@@ -251,3 +251,23 @@ def test_a_run_that_never_had_a_val_score_does_not_call_the_last_epoch_best(
     assert results is not None and saved["checkpoint"] == "last" and saved["best_epoch"] == 2
     text = (tmp_path / "table.txt").read_text()
     assert "last epoch 2" in text and "best-val epoch" not in text
+
+
+class StoppedOnLastReport(LocalContext):
+    """A scheduler that stops the trial on its last epoch's report (ASHA with a rung at the
+    last epoch): the trial's function never returns from that report."""
+
+    def report(self, metrics, state_path):
+        super().report(metrics, state_path)
+        if len(self.reports) == 3:
+            raise _Stop
+
+
+def test_a_trial_stopped_on_its_last_report_has_its_results(tmp_path: Path) -> None:
+    """Before: the final pass ran after the last report, so a trial stopped there had trained
+    every epoch and left no results.json (seen in a kt.yaml sweep with train.epochs=4)."""
+    with pytest.raises(_Stop):
+        run_training(load_config(None, TINY), tmp_path, StoppedOnLastReport())
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["heads"]["linear"]["test"]["overall"] > 0.2
+    assert (tmp_path / "cache" / "meta.json").is_file() and (tmp_path / "timing.json").is_file()
