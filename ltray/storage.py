@@ -29,6 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 import pyarrow.fs as pafs
 
+from ltray.errors import ConfigError
 from ltray.paths import ltray_home
 
 __all__ = [
@@ -56,17 +57,24 @@ def is_uri(where: str | Path) -> bool:
 
 
 def _with_env_endpoint(uri: str) -> str:
-    """An ``s3://`` URI with the endpoint of ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` as
-    query parameters (newer pyarrow reads them itself, older ones do not; either way the
-    resolved filesystem then carries the endpoint to the nodes it is pickled to)."""
-    if not uri.startswith("s3://") or "endpoint_override=" in uri:
+    """An ``s3://`` URI with the endpoint of ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` and
+    the region of ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` as query parameters, unless the URI
+    sets them (newer pyarrow reads the endpoint itself, older ones do not; without a region
+    pyarrow asks AWS for the bucket's). The resolved filesystem then carries both to the nodes
+    it is pickled to."""
+    if not uri.startswith("s3://"):
         return uri
+    query: dict[str, str] = {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if not endpoint:
+    if endpoint and "endpoint_override=" not in uri:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        query.update(endpoint_override=parts.netloc, scheme=parts.scheme)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region and "region=" not in uri:
+        query["region"] = region
+    if not query:
         return uri
-    parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-    query = urlencode({"endpoint_override": parts.netloc, "scheme": parts.scheme})
-    return uri + ("&" if "?" in uri else "?") + query
+    return uri + ("&" if "?" in uri else "?") + urlencode(query)
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,13 @@ class Storage:
         if not is_uri(text):
             path = str(Path(text).expanduser().resolve())
             return cls(pafs.LocalFileSystem(), path, path)
-        fs, path = pafs.FileSystem.from_uri(_with_env_endpoint(text))
+        try:
+            fs, path = pafs.FileSystem.from_uri(_with_env_endpoint(text))
+        except (OSError, ValueError) as exc:  # unknown scheme, bucket unreachable, ...
+            raise ConfigError(
+                f"storage {text}: {exc}; check the URI and, for s3://, the AWS_* variables "
+                "(credentials, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL_S3 for another server)"
+            ) from None
         scheme = text.split("://", 1)[0]
         path = path.rstrip("/") or path
         return cls(fs, path, f"{scheme}://{path}")
@@ -222,15 +236,33 @@ class FolderSync:
         self.dest = dest
         self._sent: dict[str, tuple[int, int]] = {}
 
-    def push(self, *, skip: tuple[str, ...] = ()) -> int:
-        """Upload what changed, except files under a ``skip`` prefix; returns how many."""
-        sent = 0
+    def pull(self, *, skip: tuple[str, ...] = ()) -> Path:
+        """Download the storage folder into the local one (a run continued on another node);
+        what came down counts as sent."""
+        self.dest.download(self.local, skip=skip)
+        self._mark(skip)
+        return self.local
+
+    def _mark(self, skip: tuple[str, ...]) -> None:
+        for path, rel in self._local_files(skip):
+            st = path.stat()
+            self._sent[rel] = (st.st_size, st.st_mtime_ns)
+
+    def _local_files(self, skip: tuple[str, ...]) -> list[tuple[Path, str]]:
         if not self.local.is_dir():
-            return sent
+            return []
+        out = []
         for path in sorted(p for p in self.local.rglob("*") if p.is_file()):
             rel = path.relative_to(self.local).as_posix()
             if rel.endswith(".tmp") or any(rel == s or rel.startswith(s + "/") for s in skip):
                 continue
+            out.append((path, rel))
+        return out
+
+    def push(self, *, skip: tuple[str, ...] = ()) -> int:
+        """Upload what changed, except files under a ``skip`` prefix; returns how many."""
+        sent = 0
+        for path, rel in self._local_files(skip):
             try:
                 st = path.stat()
             except FileNotFoundError:  # replaced while listing

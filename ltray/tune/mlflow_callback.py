@@ -16,6 +16,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from ltray.storage import local_copy
 from ltray.tracking import SpoolingClient, final_test_metrics
 
 __all__ = ["MlflowSweepCallback", "trial_metrics"]
@@ -108,7 +109,7 @@ class MlflowSweepCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)
-        trial_dir = Path(self.sweep_dir) / "trials" / trial.trial_id
+        trial_dir = local_copy(self.sweep_dir, f"trials/{trial.trial_id}")  # remote: fetched
         results_path = trial_dir / "results.json"
         if results_path.is_file():
             results = json.loads(results_path.read_text())
