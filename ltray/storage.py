@@ -38,6 +38,7 @@ __all__ = [
     "is_uri",
     "node_scratch",
     "driver_folder",
+    "mirror_path",
     "local_copy",
     "pull_files",
     "push_files",
@@ -296,16 +297,20 @@ def driver_folder(root: Storage) -> Path:
     """The local folder where the driver keeps its own files of ``root``: ``root`` itself on a
     local path; for a URI, a mirror under ``$LTRAY_HOME/remote/<scheme>/<path>`` with a pointer
     back to the storage (so :func:`local_copy` can fetch from it)."""
-    if not root.remote:
-        path = Path(root.path)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    scheme = root.uri.split("://", 1)[0]
-    path = ltray_home() / "remote" / scheme / root.path.lstrip("/")
+    path = mirror_path(root)
     path.mkdir(parents=True, exist_ok=True)
-    (path / POINTER).write_text(json.dumps({"uri": root.uri}))
-    _KNOWN[str(path)] = root
+    if root.remote:
+        (path / POINTER).write_text(json.dumps({"uri": root.uri}))
+        _KNOWN[str(path)] = root
     return path
+
+
+def mirror_path(root: Storage) -> Path:
+    """:func:`driver_folder`'s path, nothing created."""
+    if not root.remote:
+        return Path(root.path)
+    scheme = root.uri.split("://", 1)[0]
+    return ltray_home() / "remote" / scheme / root.path.lstrip("/")
 
 
 def local_copy(folder: str | Path, rel: str, *, recursive: bool = False) -> Path:

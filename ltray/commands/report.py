@@ -18,12 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ltray.storage import driver_folder, pull_files, push_files
+    from ltray.storage import driver_folder, mirror_path, pull_files, push_files
     from ltray.tune.report import DRIVER_FILES, find_sweep, pareto_plot, report_tables
 
     sweep_dir = find_sweep(args.sweep)  # a local folder or a folder on a URI storage
     if (sweep_dir / "mlflow_spool.jsonl").is_file() or (
-        sweep_dir.remote and (driver_folder(sweep_dir) / "mlflow_spool.jsonl").is_file()
+        (mirror_path(sweep_dir) / "mlflow_spool.jsonl").is_file()
     ):
         # MLflow was unreachable during the sweep: replay what was kept (a remote sweep's
         # spool through the driver's local mirror, the storage updated afterwards).

@@ -351,3 +351,42 @@ def test_posthoc_sweep_on_s3_fits_on_the_cache_the_driver_uploaded(
         with fs.open_input_stream(f"{sweeps}/llw/{key}") as f:
             record = json.loads(f.read().decode().splitlines()[-1])
         assert "val_fused_overall" in record and "test_fused_few" in record
+
+
+def test_two_worker_trial_on_s3_checkpoints_and_uploads_through_the_storage(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    fs, sweeps = _bucket(s3_env)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("num_samples: 2", "num_samples: 1"))
+    env = {**os.environ, **s3_env, "PYTHONPATH": str(REPO), "LTRAY_HOME": str(tmp_path / "h")}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ltray.cli",
+            "tune",
+            "--space",
+            str(space),
+            "--name",
+            "nested",
+            "--storage",
+            f"s3://{BUCKET}/sweeps",
+            "--no-mlflow",
+            "scaling.num_workers=2",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert "nested TorchTrainer, 2 workers" in res.stdout
+    keys = _objects(fs, f"{sweeps}/nested")
+    (tid,) = {k.split("/")[2] for k in keys if k.startswith("ltray/trials/")}
+    trial = f"ltray/trials/{tid}"
+    for name in ("trial.json", "metrics.jsonl", "results.json", "checkpoints/best.pt"):
+        assert f"{trial}/{name}" in keys, (name, sorted(keys))
+    # the nested Train run's own checkpoints went to the storage too, not to a local folder
+    assert any(k.startswith(f"{trial}/ray/train_{tid}/") for k in keys), sorted(keys)
