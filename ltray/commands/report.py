@@ -18,16 +18,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ltray.tune.report import find_sweep, pareto_plot, report_tables
+    from ltray.storage import driver_folder, mirror_path, pull_files, push_files
+    from ltray.tune.report import DRIVER_FILES, find_sweep, pareto_plot, report_tables
 
-    sweep_dir = find_sweep(args.sweep)
-    spool = sweep_dir / "mlflow_spool.jsonl"
-    if spool.is_file():
-        # MLflow was unreachable during the sweep: replay what was kept locally.
+    sweep_dir = find_sweep(args.sweep)  # a local folder or a folder on a URI storage
+    if (sweep_dir / "mlflow_spool.jsonl").is_file() or (
+        (mirror_path(sweep_dir) / "mlflow_spool.jsonl").is_file()
+    ):
+        # MLflow was unreachable during the sweep: replay what was kept (a remote sweep's
+        # spool through the driver's local mirror, the storage updated afterwards).
         from ltray.tracking import SpoolingClient
 
-        uri = json.loads((sweep_dir / "sweep.json").read_text())["mlflow_uri"]
-        done = SpoolingClient(uri, spool).flush()
+        local = driver_folder(sweep_dir)
+        if sweep_dir.remote:
+            pull_files(sweep_dir, local, DRIVER_FILES)
+        uri = (sweep_dir / "sweep.json").read_json()["mlflow_uri"]
+        done = SpoolingClient(uri, local / "mlflow_spool.jsonl").flush()
+        if sweep_dir.remote:
+            push_files(sweep_dir, local, DRIVER_FILES)
         print(
             f"MLflow spool {'replayed' if done else 'still pending (server unreachable)'}: {uri}",
             file=sys.stderr,

@@ -9,6 +9,10 @@ Three implementations bind it to its host:
   a worker-group restart.
 - :class:`TuneContext` — a single-worker Tune function trial: ``ray.tune.report`` directly, so a
   one-worker trial does not pay the nested Tune→Train start-up cost.
+
+:class:`SyncingContext` wraps any of them when the run directory is a scratch copy of a folder on
+a remote storage (``ltray tune --storage s3://…``): before each report, rank 0 uploads what the
+epoch changed, so the driver reads the metrics it is told about.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "LocalContext",
     "RayTrainContext",
     "TuneContext",
+    "SyncingContext",
     "STATE_FILE",
 ]
 
@@ -137,3 +142,28 @@ class TuneContext:
         local = ckpt.to_directory(tempfile.mkdtemp(prefix="ltray-restore-"))
         path = Path(local) / STATE_FILE
         return path if path.is_file() else None
+
+
+# Uploaded at the end only: the per-epoch copy of the latest state is the checkpoint Tune or
+# Train persists with the report itself.
+_NOT_EACH_EPOCH = ("checkpoints/last.pt", "ray")
+
+
+class SyncingContext:
+    """A :class:`LoopContext` whose rank 0 uploads the run directory (:class:`FolderSync`)
+    before each report; the caller pushes once more after the loop for the final files."""
+
+    def __init__(self, inner: Any, sync: Any) -> None:
+        self.inner = inner
+        self.sync = sync
+        self.world_size = inner.world_size
+        self.rank = inner.rank
+        self.local_rank = getattr(inner, "local_rank", inner.rank)
+
+    def report(self, metrics: dict[str, Any], state_path: Path | None) -> None:
+        if self.rank == 0:
+            self.sync.push(skip=_NOT_EACH_EPOCH)
+        self.inner.report(metrics, state_path)
+
+    def restored_state(self) -> Path | None:
+        return self.inner.restored_state()

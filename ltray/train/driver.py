@@ -98,7 +98,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         deprioritize_ray_helpers()  # this run's Ray instance is ours: see ltray.train.priority
     resume = Path(config["resume_from"]) if config.get("resume_from") else None
-    run_training(cfg, Path(config["run_dir"]), RayTrainContext(), resume_from=resume)
+    store = config.get("store")
+    if store is None:
+        run_training(cfg, Path(config["run_dir"]), RayTrainContext(), resume_from=resume)
+        return
+    # The run directory lives on a remote storage (a trial of `ltray tune --storage s3://…`):
+    # every rank works in a scratch folder of its own node; rank 0 starts from what the run
+    # left in the storage and uploads it at each report and at the end.
+    from ltray.storage import FolderSync, node_scratch
+    from ltray.train.context import SyncingContext
+
+    ctx = RayTrainContext()
+    run_dir = node_scratch(*config["scratch"], f"rank{ctx.rank}")
+    sync = FolderSync(run_dir, store)
+    if ctx.rank == 0:
+        sync.pull(skip=("ray",))
+    run_training(cfg, run_dir, SyncingContext(ctx, sync), resume_from=resume)
+    if ctx.rank == 0:
+        sync.push(skip=("ray",))
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def prepare_run_dir(cfg: Config, out: str | Path | None, *, prefix: str) -> Path:
@@ -181,12 +201,17 @@ def make_trainer(
     resume_from: Path | None = None,
     callbacks: list[Any] | None = None,
     own_cluster: bool = False,
+    store: Any = None,
+    scratch: tuple[str, ...] = (),
 ) -> Any:
     """[2] The trainer running :func:`train_loop_per_worker` with ``cfg.scaling`` (whose
     ``use_gpu`` must be resolved); Ray's checkpoints go to ``run_dir/ray/<name>``.
 
     ``own_cluster``: this process started the Ray instance for this run alone, so the helpers
     that guard a shared cluster are left out (:mod:`ltray.train.lean`).
+    ``store``: the run directory is this :class:`~ltray.storage.Storage` folder (a remote
+    sweep's trial): Ray's checkpoints go to its ``ray/<name>`` through its filesystem and the
+    workers train in node scratch folders named by ``scratch``, rank 0 uploading to it.
     """
     import ray.train
 
@@ -208,6 +233,8 @@ def make_trainer(
             "run_dir": str(run_dir),
             "resume_from": str(resume_from) if resume_from else None,
             "own_cluster": own_cluster,
+            "store": store,
+            "scratch": list(scratch),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers,
@@ -216,7 +243,11 @@ def make_trainer(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(run_dir / "ray"),
+            **(
+                {"storage_path": str(run_dir / "ray")}
+                if store is None
+                else {"storage_path": (store / "ray").path, "storage_filesystem": store.fs}
+            ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),

@@ -37,6 +37,7 @@ __all__ = [
     "append_metrics",
     "write_split_info",
     "read_metrics",
+    "parse_metrics",
     "progress_line",
     "write_cache",
     "input_spec",
@@ -105,8 +106,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
+    return parse_metrics(path.read_text())
+
+
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` text: the last one of each epoch, in epoch order."""
     by_epoch: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line.strip():
             rec = json.loads(line)
             by_epoch[int(rec["epoch"])] = rec

@@ -18,6 +18,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from ltray.storage import local_copy
 from ltray.tracking import (
     SpoolingClient,
     link_run_dir,
@@ -136,8 +137,11 @@ class MlflowSweepCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)
-        trial_dir = self._trial_dir(trial)
+        rel = f"trials/{trial.trial_id}"
+        trial_dir = local_copy(self.sweep_dir, rel)  # a remote sweep: its top files fetched
         if (trial_dir / "results.json").is_file():
+            # The model needs the checkpoint and the cache too (a local sweep: the same path).
+            trial_dir = local_copy(self.sweep_dir, rel, recursive=True)
             log_results(self.client, run_id, trial_dir)
             model = log_run_model(self.client, run_id, trial_dir)
             link_run_dir(trial_dir, self.client, run_id, model)

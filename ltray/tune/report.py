@@ -1,19 +1,21 @@
 """`ltray report SWEEP`: best trials, their Many / Medium / Few / Overall table, Pareto front.
 
-Reads only the sweep folder (``<storage>/<name>/ltray``): ``sweep.json`` and each trial's
+Reads only the sweep folder (``<storage>/<name>/ltray``, a local path or a URI such as
+``s3://bucket/sweeps/kt``, read through :mod:`ltray.storage`): ``sweep.json`` and each trial's
 ``trials/<id>/{trial.json, metrics.jsonl, results.json}``. No Ray, no MLflow needed.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ltray.errors import RunDirError
 from ltray.paths import sweeps_dir
-from ltray.train.rundir import read_metrics
+from ltray.storage import Storage, is_uri
+from ltray.train.rundir import parse_metrics
 
 __all__ = [
     "find_sweep",
@@ -22,18 +24,36 @@ __all__ = [
     "pareto_front",
     "report_tables",
     "pareto_plot",
+    "DRIVER_FILES",
 ]
 
+# What the sweep's driver keeps in its own folder (MLflow's trial → run map, logged epochs,
+# the spool of calls MLflow could not take): a remote sweep's are uploaded at its end.
+DRIVER_FILES = (
+    "mlflow_runs.json",
+    "mlflow_steps.json",
+    "mlflow_spool.jsonl",
+    "mlflow_spool.jsonl.ids.json",
+)
 
-def find_sweep(sweep: str | Path) -> Path:
-    """A sweep folder from a path (the sweep, its ``ltray/`` folder) or a name under the
-    default storage."""
-    for cand in (Path(sweep), Path(sweep) / "ltray", sweeps_dir() / str(sweep) / "ltray"):
+
+def find_sweep(sweep: str | Path | Storage) -> Storage:
+    """A sweep folder from a path or URI (the sweep, its ``ltray/`` folder) or a name under
+    the default storage."""
+    if isinstance(sweep, Storage):
+        cands = [sweep, sweep / "ltray"]
+    elif is_uri(sweep):
+        top = Storage.at(sweep)
+        cands = [top, top / "ltray"]
+    else:
+        cands = [Storage.at(p) for p in (sweep, Path(sweep) / "ltray")]
+        cands.append(Storage.at(sweeps_dir() / str(sweep) / "ltray"))
+    for cand in cands:
         if (cand / "sweep.json").is_file():
-            return cand.resolve()
+            return cand
     raise RunDirError(
-        f"{sweep}: no sweep found (looked for sweep.json in {sweep}, {sweep}/ltray and "
-        f"{sweeps_dir() / str(sweep) / 'ltray'}); pass the folder `ltray tune` printed"
+        f"{sweep}: no sweep found (looked for sweep.json in {', '.join(map(str, cands))}); "
+        "pass the folder `ltray tune` printed"
     )
 
 
@@ -41,22 +61,23 @@ def _best(values: list[float], mode: str) -> float:
     return max(values) if mode == "max" else min(values)
 
 
-def collect_trials(sweep_dir: Path, metrics: list[str], modes: list[str]) -> list[dict[str, Any]]:
+def collect_trials(
+    sweep_dir: Path | Storage, metrics: list[str], modes: list[str]
+) -> list[dict[str, Any]]:
     """One record per trial: params, epochs reported, the best value of each metric over its
     epochs, and the test metrics of its best-val checkpoint when it finished."""
     out = []
-    for trial_dir in sorted((Path(sweep_dir) / "trials").glob("*")):
-        info_path = trial_dir / "trial.json"
-        if not info_path.is_file():
+    for trial_dir in (Storage.at(sweep_dir) / "trials").children():
+        info = (trial_dir / "trial.json").read_json(missing_ok=True)
+        if info is None:
             continue
-        info = json.loads(info_path.read_text())
-        records = read_metrics(trial_dir)
+        records = parse_metrics((trial_dir / "metrics.jsonl").read_text(missing_ok=True) or "")
         best: dict[str, float] = {}
         for metric, mode in zip(metrics, modes, strict=True):
             vals = [float(r[metric]) for r in records if isinstance(r.get(metric), (int, float))]
             if vals:
                 best[metric] = _best(vals, mode)
-        results_path = trial_dir / "results.json"
+        results = (trial_dir / "results.json").read_json(missing_ok=True)
         out.append(
             {
                 "trial_id": info["trial_id"],
@@ -64,9 +85,9 @@ def collect_trials(sweep_dir: Path, metrics: list[str], modes: list[str]) -> lis
                 "epochs": len(records),
                 "metrics": best,
                 "last": records[-1] if records else {},
-                "finished": results_path.is_file()
-                or (records and "test_fused_overall" in records[-1]),
-                "results": json.loads(results_path.read_text()) if results_path.is_file() else None,
+                "finished": results is not None
+                or bool(records and "test_fused_overall" in records[-1]),
+                "results": results,
                 "dir": str(trial_dir),
             }
         )
@@ -109,11 +130,12 @@ def _pct(v: Any) -> str:
     return f"{100 * float(v):.1f}"
 
 
-def report_tables(sweep_dir: Path, *, top: int = 5) -> tuple[list[Any], dict[str, Any]]:
+def report_tables(sweep_dir: Path | Storage, *, top: int = 5) -> tuple[list[Any], dict[str, Any]]:
     """Rich tables (leaderboard; test table of the best trials) and a JSON summary."""
     from rich.table import Table
 
-    state = json.loads((Path(sweep_dir) / "sweep.json").read_text())
+    sweep_dir = Storage.at(sweep_dir)
+    state = (sweep_dir / "sweep.json").read_json()
     metrics, modes = state["metric"], state["mode"]
     trials = collect_trials(sweep_dir, metrics, modes)
     ranked = rank_trials(trials, metrics[0], modes[0])
@@ -186,14 +208,16 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
-def pareto_plot(sweep_dir: Path, path: Path) -> Path:
-    """Scatter of every trial on the first two metrics, the Pareto front highlighted."""
+def pareto_plot(sweep_dir: Path | Storage, path: Path | Storage) -> Path | Storage:
+    """Scatter of every trial on the first two metrics, the Pareto front highlighted (``path``
+    may be on the sweep's storage)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    state = json.loads((Path(sweep_dir) / "sweep.json").read_text())
+    sweep_dir = Storage.at(sweep_dir)
+    state = (sweep_dir / "sweep.json").read_json()
     metrics, modes = state["metric"][:2], state["mode"][:2]
     trials = [
         t
@@ -227,6 +251,11 @@ def pareto_plot(sweep_dir: Path, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if isinstance(path, Storage):
+        with tempfile.TemporaryDirectory() as tmp:
+            fig.savefig(Path(tmp) / "pareto.png", dpi=110)
+            path.upload_file(Path(tmp) / "pareto.png")
+    else:
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -11,10 +11,17 @@ Sweep folder ``<storage>/<name>/``: Tune's own experiment state, plus ``ltray/``
 ``sweep.json`` (the space, metrics, MLflow parent), ``trials/<trial_id>/`` (one run directory
 per trial), ``mlflow_runs.json`` (trial → MLflow run) and, when MLflow was unreachable,
 ``mlflow_spool.jsonl``.
+
+``--storage`` is a local path or a URI (``s3://bucket/prefix``, ``gs://…``, any pyarrow
+filesystem, :mod:`ltray.storage`). With a URI every file above lives there: Tune writes through
+the filesystem, a trial trains into a scratch folder on its node and uploads its run directory
+at every report and at the end, the driver reads the trials back from the storage, and keeps
+only its MLflow bookkeeping in a local mirror (uploaded at the end of the sweep).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -27,6 +34,7 @@ from ltray.config import Config
 from ltray.errors import ConfigError, LtrayError, RunDirError
 from ltray.paths import sweeps_dir
 from ltray.resources import check_fits, cluster_resources, local_resources, resolve_scaling
+from ltray.storage import FolderSync, Storage, driver_folder, node_scratch, pull_files, push_files
 from ltray.tune.space import POSTHOC, Space, to_tune
 
 __all__ = [
@@ -35,6 +43,7 @@ __all__ = [
     "train_trial",
     "posthoc_trial",
     "sweep_paths",
+    "SweepPaths",
     "plan",
     "trial_resources",
     "check_sweep",
@@ -91,8 +100,39 @@ def _write_trial_info(run_dir: Path, trial_id: str, config: dict[str, Any]) -> N
         "params": _searched(config),
         "pid": os.getpid(),
         "node_id": ray.get_runtime_context().get_node_id(),
+        "run_dir": str(run_dir),  # a remote sweep's: the scratch folder on that node
     }
     (run_dir / "trial.json").write_text(json.dumps(info))
+
+
+class _TrialFolder:
+    """Where a trial writes its run directory. On a local storage: ``<sweep>/trials/<id>``
+    itself. On a remote one: a scratch folder on this node, filled first with what the trial
+    left in the storage (a trial restarted on another node, or restored, continues from it),
+    and uploaded by :meth:`push`."""
+
+    def __init__(self, meta: dict[str, Any], trial_id: str) -> None:
+        store: Storage | None = meta.get("store")
+        self.sync: FolderSync | None = None
+        if store is None:
+            self.path = Path(meta["sweep_dir"]) / "trials" / trial_id
+            return
+        remote = store / "trials" / trial_id
+        self.path = node_scratch(meta["name"], trial_id)
+        self.sync = FolderSync(self.path, remote)
+        self.sync.pull(skip=("ray",))
+
+    def push(self) -> None:
+        if self.sync is not None:
+            self.sync.push(skip=("ray",))
+
+    def close(self) -> None:
+        """Final upload; the scratch copy is removed."""
+        if self.sync is not None:
+            self.push()
+            import shutil
+
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def train_trial(config: dict[str, Any]) -> None:
@@ -102,11 +142,13 @@ def train_trial(config: dict[str, Any]) -> None:
     meta = config["__ltray__"]
     cfg = trial_config(meta["base"], _searched(config))
     trial_id = tune.get_context().get_trial_id()
-    run_dir = Path(meta["sweep_dir"]) / "trials" / trial_id
+    folder = _TrialFolder(meta, trial_id)
+    run_dir = folder.path
     _write_trial_info(run_dir, trial_id, config)
     from ltray.config import save_config
 
     save_config(cfg, run_dir / "config.yaml")
+    folder.push()
     if (run_dir / "results.json").is_file():
         # A restored trial whose training had already finished (the sweep was interrupted
         # while Tune recorded its end): hand its last result back instead of redoing it.
@@ -116,10 +158,12 @@ def train_trial(config: dict[str, Any]) -> None:
         return
     if cfg.scaling.num_workers <= 1:
         # [3] in this process: a one-worker trial does not pay the nested-Train start-up cost.
-        from ltray.train.context import TuneContext
+        from ltray.train.context import SyncingContext, TuneContext
         from ltray.train.loop import run_training
 
-        run_training(cfg, run_dir, TuneContext())
+        ctx = TuneContext() if folder.sync is None else SyncingContext(TuneContext(), folder.sync)
+        run_training(cfg, run_dir, ctx)
+        folder.close()
         return
 
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -127,8 +171,40 @@ def train_trial(config: dict[str, Any]) -> None:
     from ltray.train.driver import make_trainer
 
     # [3] on the workers of a nested Train run, named after the trial: a Tune-level retry of
-    # this trial resumes its Train run from the last checkpoint.
-    make_trainer(cfg, run_dir, name=f"train_{trial_id}", callbacks=[TuneReportCallback()]).fit()
+    # this trial resumes its Train run from the last checkpoint. With a remote storage, rank 0
+    # keeps the run directory on its own node and uploads it (``store``).
+    store = None if folder.sync is None else folder.sync.dest
+    make_trainer(
+        cfg,
+        run_dir,
+        name=f"train_{trial_id}",
+        callbacks=[TuneReportCallback()],
+        store=store,
+        scratch=(meta["name"], trial_id),
+    ).fit()
+    if folder.sync is not None:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)  # rank 0 uploaded everything
+
+
+def _local_cache(meta: dict[str, Any]) -> str:
+    """The run whose cache a post-hoc trial reads: ``--from`` (or the base run) itself on a
+    local storage; on a remote one, its cache fetched once per node from the sweep's storage."""
+    store: Storage | None = meta.get("from_store")
+    if store is None:
+        return meta["from_run"]
+    local = node_scratch(meta["name"], "from_run")
+    if not (local / "cache" / "meta.json").is_file():
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="fetch-", dir=local.parent))
+        (store / "cache").download(tmp / "cache")
+        with contextlib.suppress(OSError):  # another trial of this node may have won
+            (tmp / "cache").rename(local / "cache")
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(local)
 
 
 def posthoc_trial(config: dict[str, Any]) -> None:
@@ -144,9 +220,10 @@ def posthoc_trial(config: dict[str, Any]) -> None:
         k.split(".", 1)[1]: v for k, v in _searched(config).items() if k.startswith(f"{method}.")
     }
     trial_id = tune.get_context().get_trial_id()
-    run_dir = Path(meta["sweep_dir"]) / "trials" / trial_id
+    folder = _TrialFolder(meta, trial_id)
+    run_dir = folder.path
     _write_trial_info(run_dir, trial_id, config)
-    cache = read_cache(meta["from_run"])
+    cache = read_cache(_local_cache(meta))
     t0 = time.time()
     res = run_method(cache, method, settings)
     metrics: dict[str, Any] = {"fit_time_s": time.time() - t0}
@@ -161,23 +238,44 @@ def posthoc_trial(config: dict[str, Any]) -> None:
     from ltray.train.rundir import append_metrics
 
     append_metrics(run_dir, metrics)
+    folder.close()
     tune.report(metrics)
 
 
-def sweep_paths(space: Space, opts: SweepOptions) -> tuple[str, str, Path]:
-    """(storage, name, local ltray sweep folder)."""
-    storage = opts.storage or str(sweeps_dir())
-    if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())
-    name = opts.name or space.name
-    local = (Path(storage) if "://" not in storage else sweeps_dir()) / name / "ltray"
-    return storage, name, local
+@dataclass
+class SweepPaths:
+    """Where a sweep lives. ``storage``: the ``--storage`` as shown (an absolute path or a URI);
+    ``root``: ltray's sweep folder ``<storage>/<name>/ltray`` on its filesystem; ``local``: the
+    driver's own folder of it (``root`` itself on a local path, a mirror for a URI:
+    :func:`ltray.storage.driver_folder`)."""
+
+    storage: str
+    name: str
+    top: Storage  # the storage itself: Tune's storage_path / storage_filesystem
+
+    @property
+    def root(self) -> Storage:
+        return self.top / self.name / "ltray"
+
+    @property
+    def remote(self) -> bool:
+        return self.top.remote
+
+    def local(self) -> Path:
+        """The driver's folder (created; a remote sweep's mirror points back at ``root``)."""
+        return driver_folder(self.root)
+
+
+def sweep_paths(space: Space, opts: SweepOptions) -> SweepPaths:
+    """Where the sweep's files go (nothing is created)."""
+    top = Storage.at(opts.storage or sweeps_dir())
+    return SweepPaths(storage=top.uri, name=opts.name or space.name, top=top)
 
 
 def plan(space: Space, opts: SweepOptions) -> dict[str, Any]:
     """What a sweep would do (``--dry-run``), with nothing started."""
     s = space.spec.search
-    storage, name, local = sweep_paths(space, opts)
+    where = sweep_paths(space, opts)
     sc = space.base.scaling
     return {
         "space": space.describe(),
@@ -193,8 +291,8 @@ def plan(space: Space, opts: SweepOptions) -> dict[str, Any]:
         "trial": "in-process loop (no nested Train)"
         if sc.num_workers <= 1
         else f"nested TorchTrainer, {sc.num_workers} workers",
-        "storage": f"{storage}/{name}",
-        "sweep_dir": str(local),
+        "storage": f"{where.storage}/{where.name}",
+        "sweep_dir": str(where.root),
         "from_run": opts.from_run,
     }
 
@@ -270,12 +368,13 @@ def check_resume(state: dict[str, Any], space: Space) -> None:
 def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
     """[1] Run (or resume) a sweep; returns a summary with the best trial."""
     check_sweep(space, opts)
-    storage, name, local = sweep_paths(space, opts)
-    exp_path = f"{storage}/{name}"
+    where = sweep_paths(space, opts)
+    name, root = where.name, where.root
+    exp_path = f"{where.storage}/{name}"
     if opts.resume:
-        if not (local / "sweep.json").is_file():
-            raise RunDirError(f"--resume: no sweep at {local}; check --name/--storage")
-    elif (local / "sweep.json").is_file():
+        if not (root / "sweep.json").is_file():
+            raise RunDirError(f"--resume: no sweep at {root}; check --name/--storage")
+    elif (root / "sweep.json").is_file():
         raise RunDirError(
             f"a sweep named {name!r} exists at {exp_path}; continue it with --resume or "
             "choose another --name"
@@ -283,13 +382,17 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
 
     num_samples, max_concurrent = _counts(space, opts)
     space = _select_head_from_metric(space)
-    local.mkdir(parents=True, exist_ok=True)
+    local = where.local()
     from ltray.tracking import mlflow_params, resolve_tracking_uri
+    from ltray.tune.report import DRIVER_FILES
 
-    state: dict[str, Any] = json.loads((local / "sweep.json").read_text()) if opts.resume else {}
+    state: dict[str, Any] = (root / "sweep.json").read_json() if opts.resume else {}
     if opts.resume:
         check_resume(state, space)
+        if where.remote:  # the MLflow run map of the sweep, when resumed from another machine
+            pull_files(root, local, DRIVER_FILES)
     from_run = opts.from_run or state.get("from_run")
+    base_trained = False
     if space.spec.kind == POSTHOC and not from_run:
         # No cached run given: train the base config once (the embedded default by default).
         from ltray.train.driver import train
@@ -298,7 +401,10 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
         base_run, _ = train(
             space.base.model_copy(update={"scaling": in_process}), out=local / "base_run"
         )
-        from_run = str(base_run)
+        from_run, base_trained = str(base_run), True
+    from_store = None
+    if space.spec.kind == POSTHOC:
+        from_store = _remote_from_run(where, from_run, base_trained)
 
     from ltray.train.driver import TRAINING_RAY, ray_init
 
@@ -365,7 +471,7 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
 
     state = {
         "name": name,
-        "storage": storage,
+        "storage": where.storage,
         "space_file": str(space.path.resolve()),
         "kind": space.spec.kind,
         "method": space.spec.method,
@@ -379,13 +485,23 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
         "base": space.base.model_dump(mode="json"),
         "started": state.get("started", time.time()),
     }
-    (local / "sweep.json").write_text(json.dumps(state, indent=1))
+    (root / "sweep.json").write_json(state, indent=1)
 
-    trainable = _trainable(space, local, from_run)
+    trainable = _trainable(space, where, from_run, from_store)
     from ray import tune
 
+    # A URI storage: Tune writes through the filesystem resolved here (the same one the trials
+    # and this driver use), given as a path on it.
+    fs = {"storage_filesystem": where.top.fs} if where.remote else {}
+    tune_path = where.top.path if where.remote else where.storage
     if opts.resume:
-        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            f"{tune_path}/{name}",
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            **fs,
+        )
     else:
         tuner = tune.Tuner(
             trainable,
@@ -393,32 +509,40 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
             tune_config=_tune_config(space, num_samples, max_concurrent),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=storage,
+                storage_path=tune_path,
                 callbacks=[*callbacks, *opts.callbacks],
                 failure_config=tune.FailureConfig(max_failures=1),
-                # The best checkpoint by the sweep metric; Ray also keeps the latest one.
+                # Ray keeps the best checkpoint by the sweep metric and the latest one.
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=1,
                     checkpoint_score_attribute=space.metrics[0],
                     checkpoint_score_order=space.modes[0],
                 ),
                 verbose=1,
+                **fs,
             ),
         )
-    results = tuner.fit()
-    summary = _summary(space, results, local)
+    try:
+        results = tuner.fit()
+    finally:
+        if where.remote:  # the driver's MLflow bookkeeping joins the sweep in the storage
+            push_files(root, local, DRIVER_FILES)
+    summary = _summary(space, results, root)
     # Fewer ended trials than samples: interrupted (Ctrl-C); Tune saved its state.
     summary["interrupted"] = results.num_terminated + results.num_errors < num_samples
+    (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if where.remote:
+        (root / "summary.json").upload_file(local / "summary.json")
     if summary["interrupted"]:
         # Interrupted (Ctrl-C): the state is saved; the parent run stays open for --resume.
-        (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
-    (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if opts.mlflow and parent is not None:
         from ltray.tracking import SpoolingClient
 
         client = SpoolingClient(uri, local / "mlflow_spool.jsonl")
         _finish_parent(client, local, parent, summary, from_run, register=opts.register)
+        if where.remote:
+            push_files(root, local, DRIVER_FILES)
     return summary
 
 
@@ -455,6 +579,24 @@ def _finish_parent(
     client.flush()
 
 
+def _remote_from_run(where: SweepPaths, from_run: str | None, trained: bool) -> Storage | None:
+    """A post-hoc sweep on a remote storage: the run its trials fit on, in the storage (the
+    base run the driver trained, uploaded whole; or ``--from``'s cache), so trials on any node
+    can fetch it. None on a local storage (trials read ``from_run`` itself)."""
+    if not where.remote or from_run is None:
+        return None
+    base = where.root / "base_run"
+    if trained:
+        base.upload(Path(from_run))
+        return base
+    if (base / "cache" / "meta.json").is_file():  # resumed: the base run is there already
+        return base
+    given = where.root / "from_run"
+    if not (given / "cache" / "meta.json").is_file():
+        (given / "cache").upload(Path(from_run) / "cache")
+    return given
+
+
 def _log_best_model(
     client: Any, sweep_dir: Path, parent: str, best: dict[str, Any], *, register: str | None
 ) -> None:
@@ -462,14 +604,18 @@ def _log_best_model(
     ended, else now; a post-hoc sweep's trials have none), shown as the parent run's model too;
     the parent run's ``ltray.best_model`` tag points at it; with ``register``, it becomes a new
     version of that registered model."""
+    from ltray.storage import local_copy
     from ltray.tracking import LoggedModel, log_run_model, read_run_link, register_model
 
-    trial_dir = Path(best.get("dir", ""))
     runs_path = sweep_dir / "mlflow_runs.json"
-    if not (trial_dir / "checkpoints" / "best.pt").is_file() or not runs_path.is_file():
+    if not best.get("trial_id") or not runs_path.is_file():
         return
     child = json.loads(runs_path.read_text()).get(best["trial_id"])
     if not child:
+        return
+    # A remote sweep's trial is fetched whole (checkpoint and cache) into the driver's mirror.
+    trial_dir = local_copy(sweep_dir, f"trials/{best['trial_id']}", recursive=True)
+    if not (trial_dir / "checkpoints" / "best.pt").is_file():
         return
     link = read_run_link(trial_dir) or {}
     if link.get("model_uri") and link.get("run_id") == client.resolve(child):
@@ -542,13 +688,22 @@ def trial_resources(base: Config, kind: str) -> dict[str, float]:
     return {TRAIN_DRIVER: 1.0}
 
 
-def _trainable(space: Space, local: Path, from_run: str | None) -> Any:
+def _trainable(
+    space: Space, where: SweepPaths, from_run: str | None, from_store: Storage | None
+) -> Any:
     from ray import tune
 
-    meta = {"base": space.base.model_dump(mode="json"), "sweep_dir": str(local)}
+    # Trials get the sweep folder: a local path, or (``store``) the storage with the
+    # filesystem this driver resolved, pickled with the trainable.
+    meta: dict[str, Any] = {
+        "base": space.base.model_dump(mode="json"),
+        "name": where.name,
+        "sweep_dir": None if where.remote else str(where.root.path),
+        "store": where.root if where.remote else None,
+    }
     resources = trial_resources(space.base, space.spec.kind)
     if space.spec.kind == POSTHOC:
-        meta.update(method=space.spec.method, from_run=from_run)
+        meta.update(method=space.spec.method, from_run=from_run, from_store=from_store)
         fn = posthoc_trial
     else:
         fn = train_trial
@@ -602,10 +757,10 @@ def _tune_config(space: Space, num_samples: int, max_concurrent: int) -> Any:
     )
 
 
-def _summary(space: Space, results: Any, local: Path) -> dict[str, Any]:
+def _summary(space: Space, results: Any, root: Storage) -> dict[str, Any]:
     from ltray.tune.report import collect_trials, rank_trials
 
-    trials = collect_trials(local, space.metrics, space.modes)
+    trials = collect_trials(root, space.metrics, space.modes)
     ranked = rank_trials(trials, space.metrics[0], space.modes[0])
     return {
         "num_trials": len(trials),
