@@ -613,8 +613,10 @@ def _log_best_model(
     child = json.loads(runs_path.read_text()).get(best["trial_id"])
     if not child:
         return
-    # A remote sweep's trial is fetched whole (checkpoint and cache) into the driver's mirror.
-    trial_dir = local_copy(sweep_dir, f"trials/{best['trial_id']}", recursive=True)
+    trial_dir = Path(best.get("dir") or "")
+    if not (trial_dir / "checkpoints" / "best.pt").is_file():
+        # A remote sweep's trial is fetched whole (checkpoint and cache) into the driver's mirror.
+        trial_dir = local_copy(sweep_dir, f"trials/{best['trial_id']}", recursive=True)
     if not (trial_dir / "checkpoints" / "best.pt").is_file():
         return
     link = read_run_link(trial_dir) or {}
