@@ -6,13 +6,9 @@ its trial's test metrics."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,16 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.integration.local_ray import free_port, kill_tree, own_ports
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _clean_copy(dest: Path) -> Path:
@@ -47,36 +39,12 @@ def _clean_copy(dest: Path) -> Path:
     return dest
 
 
-def _kill_tree(marker: str) -> None:
-    """Every process whose command line names ``marker`` (the head's temp dir): `ray stop`
-    would stop every Ray of this user, the test's neighbours included."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-        except OSError:
-            continue
-        if marker in cmd:
-            with contextlib.suppress(OSError):
-                os.kill(int(proc.name), signal.SIGKILL)
-
-
 @pytest.fixture()
 def ray_head() -> Iterator[str]:
     """A head started with `ray start --head` on loopback; yields the Jobs API address."""
     temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths
-    port, dash = _free_port(), _free_port()
-    # Every port of its own: the defaults (e.g. the agent's 52365) may be taken by another Ray
-    # on this machine, and the head's job agent would then never come up.
-    own = [
-        f"--{name}={_free_port()}"
-        for name in (
-            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-            "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
-            "object-manager-port",
-        )
-    ]  # fmt: skip
+    port, dash = free_port(), free_port()
+    own = own_ports("ray-client-server-port")
     cmd = [
         RAY, "start", "--head", f"--port={port}", *own,
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
@@ -88,7 +56,7 @@ def ray_head() -> Iterator[str]:
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         yield f"http://127.0.0.1:{dash}"
     finally:
-        _kill_tree(str(temp))
+        kill_tree(str(temp))
         time.sleep(1)
         shutil.rmtree(temp, ignore_errors=True)
 

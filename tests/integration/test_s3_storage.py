@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.local_ray import free_port, kill_tree, own_ports
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,12 +46,6 @@ scaling: {num_workers: 1, use_gpu: false, cpus_per_worker: 1}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_port(port: int, seconds: float) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -59,21 +55,6 @@ def _wait_port(port: int, seconds: float) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def _kill_tree(marker: str) -> None:
-    """Every process whose command line names ``marker`` (a node's temp dir): `ray stop` would
-    stop every Ray of this user, the test's neighbours included."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-        except OSError:
-            continue
-        if marker in cmd:
-            with contextlib.suppress(OSError):
-                os.kill(int(proc.name), signal.SIGKILL)
-
-
 @pytest.fixture()
 def s3_env() -> Iterator[dict[str, str]]:
     """`moto_server` on 127.0.0.1 with one bucket; yields the AWS variables pointing at it (what
@@ -81,7 +62,7 @@ def s3_env() -> Iterator[dict[str, str]]:
     pytest.importorskip("moto.server", reason="moto[server] is not installed (the dev extra)")
     import pyarrow.fs as pafs
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -109,16 +90,6 @@ def s3_env() -> Iterator[dict[str, str]]:
         proc.wait()
 
 
-def _own_ports() -> list[str]:
-    """Every port of a node its own: two nodes on one machine (and other Rays here) would
-    otherwise collide on the defaults (e.g. the dashboard agent's 52365)."""
-    names = (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "node-manager-port", "object-manager-port",
-    )  # fmt: skip
-    return [f"--{name}={_free_port()}" for name in names]
-
-
 @pytest.fixture()
 def two_nodes(s3_env: dict[str, str]) -> Iterator[tuple[str, list[Path], dict[str, str]]]:
     """A head and a worker node, one CPU each, each with its own temp dir (no shared trial
@@ -126,15 +97,15 @@ def two_nodes(s3_env: dict[str, str]) -> Iterator[tuple[str, list[Path], dict[st
     temps = [Path(tempfile.mkdtemp(prefix=p, dir="/tmp")) for p in ("s3h", "s3w")]  # short paths
     env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
-    port = _free_port()
+    port = free_port()
     head = [
-        RAY, "start", "--head", f"--port={port}", *_own_ports(),
-        "--ray-client-server-port", str(_free_port()),
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}",
+        RAY, "start", "--head", f"--port={port}", *own_ports(),
+        "--ray-client-server-port", str(free_port()),
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
         "--num-cpus=1", "--num-gpus=0", f"--temp-dir={temps[0]}", "--disable-usage-stats",
     ]  # fmt: skip
     worker = [
-        RAY, "start", f"--address=127.0.0.1:{port}", *_own_ports(),
+        RAY, "start", f"--address=127.0.0.1:{port}", *own_ports(),
         "--num-cpus=1", "--num-gpus=0", f"--temp-dir={temps[1]}",
     ]  # fmt: skip
     try:
@@ -146,7 +117,7 @@ def two_nodes(s3_env: dict[str, str]) -> Iterator[tuple[str, list[Path], dict[st
         yield f"127.0.0.1:{port}", temps, env
     finally:
         for temp in temps:
-            _kill_tree(str(temp))
+            kill_tree(str(temp))
         time.sleep(1)
         for temp in temps:
             shutil.rmtree(temp, ignore_errors=True)
@@ -227,6 +198,18 @@ def test_sweep_on_s3_storage_across_two_nodes_without_a_shared_disk(
 
 
 # ------------------------------------------------------------- one machine, still through S3
+def _ltray(*args: str, env: dict[str, str], cwd: Path, timeout: int = 900):
+    """`python -m ltray.cli ARGS` with ``env`` (the AWS variables of the moto server)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ltray.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
 def _bucket(env: dict[str, str]) -> tuple[object, str]:
     import pyarrow.fs as pafs
 
@@ -318,30 +301,11 @@ def test_posthoc_sweep_on_s3_fits_on_the_cache_the_driver_uploaded(
     run_training(load_config(None, ["train.epochs=2", "train.threads=1"]), run, LocalContext())
     fs, sweeps = _bucket(s3_env)
     env = {**os.environ, **s3_env, "PYTHONPATH": str(REPO), "LTRAY_HOME": str(tmp_path / "h")}
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ltray.cli",
-            "tune",
-            "--space",
-            str(REPO / "search_spaces" / "llw.yaml"),
-            "--from",
-            str(run),
-            "--num-samples",
-            "2",
-            "--name",
-            "llw",
-            "--storage",
-            f"s3://{BUCKET}/sweeps",
-            "--no-mlflow",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    res = _ltray(
+        "tune", "--space", str(REPO / "search_spaces" / "llw.yaml"), "--from", str(run),
+        "--num-samples", "2", "--name", "llw", "--storage", f"s3://{BUCKET}/sweeps", "--no-mlflow",
+        env=env, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     keys = _objects(fs, f"{sweeps}/llw")
     assert "ltray/from_run/cache/meta.json" in keys, sorted(keys)
@@ -360,27 +324,11 @@ def test_two_worker_trial_on_s3_checkpoints_and_uploads_through_the_storage(
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.replace("num_samples: 2", "num_samples: 1"))
     env = {**os.environ, **s3_env, "PYTHONPATH": str(REPO), "LTRAY_HOME": str(tmp_path / "h")}
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ltray.cli",
-            "tune",
-            "--space",
-            str(space),
-            "--name",
-            "nested",
-            "--storage",
-            f"s3://{BUCKET}/sweeps",
-            "--no-mlflow",
-            "scaling.num_workers=2",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        cwd=tmp_path,
-    )
+    res = _ltray(
+        "tune", "--space", str(space), "--name", "nested", "--storage", f"s3://{BUCKET}/sweeps",
+        "--no-mlflow", "scaling.num_workers=2",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert "nested TorchTrainer, 2 workers" in res.stdout
     keys = _objects(fs, f"{sweeps}/nested")
