@@ -35,7 +35,7 @@ def test_four_packed_trials_share_one_gpu() -> None:
 
 
 def test_a_packed_sweep_asks_ray_for_a_quarter_gpu(tmp_path) -> None:
-    from ltray.tune.search import _trainable
+    from ltray.tune.search import SweepOptions, _trainable, sweep_paths
     from ltray.tune.space import load_space
 
     space_file = tmp_path / "s.yaml"
@@ -45,7 +45,8 @@ def test_a_packed_sweep_asks_ray_for_a_quarter_gpu(tmp_path) -> None:
         "scaling: {gpus_per_worker: 0.25, use_gpu: true}\n"
     )
     space = load_space(space_file, [])
-    trainable = _trainable(space, tmp_path, None)
+    where = sweep_paths(space, SweepOptions(storage=str(tmp_path), name="packed"))
+    trainable = _trainable(space, where, None, None)
     # What tune.with_resources attached, i.e. what Tune's scheduler reserves per trial.
     assert trainable._resources.bundles == [{"CPU": 1.0, "GPU": 0.25}]
 
