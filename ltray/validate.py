@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ltray.config import Config
 from ltray.errors import ConfigError
+from ltray.metrics import GROUP_NAMES
 
 __all__ = [
     "BACKBONE_NAMES",
@@ -199,7 +200,7 @@ def empty_groups(cfg: Config) -> dict[str, str]:
     """Shot groups the train split will not have → why (its counts, from the config alone:
     :func:`ltray.data.counts.train_counts`); ``{}`` when they cannot be known cheaply."""
     from ltray.data.counts import train_counts
-    from ltray.metrics import GROUP_NAMES, shot_groups
+    from ltray.metrics import shot_groups
 
     d = cfg.data
     counts = train_counts(d)
@@ -223,25 +224,28 @@ def empty_groups(cfg: Config) -> dict[str, str]:
     return {g: why[g] for i, g in enumerate(GROUP_NAMES) if not (groups == i).any()}
 
 
-def _group_problems(cfg: Config, metrics: list[str]) -> list[str]:
-    """A select group or a metric naming a shot group the split has no class in: its score
-    is absent at every epoch (no best checkpoint, Ray's metric check stops the trial)."""
-    named = [g for g in ("many", "medium", "few") if g == cfg.eval.select_group]
-    named += [m.rsplit("_", 1)[-1] for m in metrics if not m.startswith("test_")]
-    if not any(g in ("many", "medium", "few") for g in named):
+def _select_group_problems(cfg: Config) -> list[str]:
+    """``eval.select_group`` naming a shot group the split has no class in: no epoch would
+    have a score, so no best checkpoint."""
+    group = cfg.eval.select_group
+    if group not in GROUP_NAMES:
         return []
-    empty = empty_groups(cfg)
-    out = []
-    if cfg.eval.select_group in empty:
-        out.append(
-            f"eval.select_group={cfg.eval.select_group}: {empty[cfg.eval.select_group]}; "
-            "select on another group (e.g. overall)"
-        )
-    for m in metrics:
-        g = m.rsplit("_", 1)[-1]
-        if g in empty and not m.startswith("test_"):
-            out.append(f"search.metric={m}: {empty[g]}; choose another metric")
-    return out
+    why = empty_groups(cfg).get(group)
+    if not why:
+        return []
+    return [f"eval.select_group={group}: {why}; select on another group (e.g. overall)"]
+
+
+def _metric_group_problems(cfg: Config, metrics: list[str]) -> list[str]:
+    """Sweep metrics naming a shot group the split has no class in: absent from every report,
+    so Ray's metric check stops each trial."""
+    named = [m for m in metrics if m.rsplit("_", 1)[-1] in GROUP_NAMES]
+    empty = empty_groups(cfg) if named else {}
+    return [
+        f"search.metric={m}: {empty[g]}; choose another metric"
+        for m in named
+        if (g := m.rsplit("_", 1)[-1]) in empty
+    ]
 
 
 def _select_problems(cfg: Config) -> list[str]:
@@ -263,10 +267,7 @@ def metric_problems(cfg: Config, metrics: list[str], *, kind: str = "train") -> 
         return out  # the heads depend on the method, reported on its own
     valid = metric_names(cfg, kind=kind)
     heads = val_heads(cfg)
-    out += _group_problems(
-        cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"select_group": "overall"})}),
-        [m for m in metrics if m in valid],
-    )
+    out += _metric_group_problems(cfg, [m for m in metrics if m in valid])
     for m in metrics:
         if m.startswith("test_"):
             out.append(
@@ -324,7 +325,7 @@ def config_problems(cfg: Config) -> list[str]:
         out += _memory_problems(cfg)
         out += _select_problems(cfg)
     if not any(x.startswith("data.") for x in out):
-        out += _group_problems(cfg, [])
+        out += _select_group_problems(cfg)
     return out
 
 

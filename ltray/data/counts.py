@@ -20,7 +20,7 @@ import numpy as np
 from ltray.config import DataConfig
 from ltray.data.longtail import profile_counts
 
-__all__ = ["train_counts"]
+__all__ = ["train_counts", "folder_counts"]
 
 # Fixed train pools of the torchvision copies (an ImageFolder tree is counted instead).
 _TORCHVISION_POOLS = {
@@ -32,7 +32,8 @@ _TORCHVISION_POOLS = {
 }
 
 
-def _folder_counts(root: str | None) -> np.ndarray | None:
+def folder_counts(root: str | None) -> np.ndarray | None:
+    """Images per class folder of ``root/train`` (None: no such folder, or it is empty)."""
     if root is None:
         return None
     train = Path(root).expanduser().resolve() / "train"
@@ -53,11 +54,11 @@ def _scan_counts(train: str, mtime_ns: int) -> np.ndarray | None:
 
 
 def _digits_pool(cfg: DataConfig) -> np.ndarray:
+    from ltray.data.prepare import holdout_per_class
     from ltray.data.sources import _load_digits
 
     counts = np.bincount(_load_digits()[1], minlength=10).astype(np.int64)
-    k = int(min(cfg.val_per_class, counts.min() // 4))  # as prepare's _holdout
-    return counts - 2 * max(k, 0)
+    return counts - 2 * max(holdout_per_class(counts, cfg.val_per_class), 0)
 
 
 def _pool_counts(cfg: DataConfig) -> np.ndarray | None:
@@ -66,14 +67,14 @@ def _pool_counts(cfg: DataConfig) -> np.ndarray | None:
         return _digits_pool(cfg)
     if cfg.name in ("cifar10-lt", "cifar100-lt"):
         return (
-            _folder_counts(cfg.root)
+            folder_counts(cfg.root)
             if cfg.root and Path(cfg.root, "train").is_dir()
             else (_TORCHVISION_POOLS[cfg.name])
         )
     if cfg.name == "mnist-lt":
         return _TORCHVISION_POOLS[cfg.name]
     if cfg.name == "imagefolder":
-        return _folder_counts(cfg.root)
+        return folder_counts(cfg.root)
     return None
 
 

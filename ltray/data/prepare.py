@@ -16,7 +16,6 @@ Order of operations (docs/methods.md#long-tailed-data):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -170,19 +169,22 @@ def effective_profile(cfg: DataConfig) -> str:
         return "given by the list file"
     if cfg.profile is not None or cfg.name != "imagefolder" or cfg.root is None:
         return cfg.profile or "exp"
-    from ltray.data.sources import scan_image_folder
+    from ltray.data.counts import folder_counts
 
-    train = Path(cfg.root).expanduser() / "train"
-    if not train.is_dir():
-        return "exp"
-    _, _, labels = scan_image_folder(train, rel_to=train.parent)
-    return resolve_profile(cfg, cfg.name, np.bincount(labels) if len(labels) else labels)
+    counts = folder_counts(cfg.root)
+    return "exp" if counts is None else resolve_profile(cfg, cfg.name, counts)
+
+
+def holdout_per_class(pool_counts: np.ndarray, val_per_class: int) -> int:
+    """Images per class a single-pool source holds out for test and again for val: at most
+    ``val_per_class`` and a quarter of the smallest class (the rest keeps >= half of it)."""
+    return int(min(val_per_class, np.min(pool_counts) // 4))
 
 
 def _holdout(src: SourceData, cfg: DataConfig, num_classes: int) -> tuple[Pool, Pool, Pool]:
     """Balanced test then val hold-outs out of a single pool (digits): (train, val, test)."""
     counts = np.bincount(src.train.labels, minlength=num_classes)
-    k = int(min(cfg.val_per_class, counts.min() // 4))  # the rest keeps >= half of each class
+    k = holdout_per_class(counts, cfg.val_per_class)
     if k < 1:
         c = int(counts.argmin())
         raise DataError(
