@@ -55,5 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``ltray`` command: :func:`main`, then stop the Ray this process started. Stopping it
+    here rather than from Ray's exit hook skips that hook's half-second wait for late log lines
+    (every worker has finished by now); on a cluster it only disconnects."""
+    code = main()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

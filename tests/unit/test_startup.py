@@ -59,6 +59,82 @@ def test_lean_trainer_leaves_out_the_helpers_a_private_ray_does_not_use() -> Non
     assert issubclass(lean_cls, DataParallelTrainer)
 
 
+def test_lean_trainer_starts_no_autoscaling_coordinator(monkeypatch) -> None:
+    """The fixed-size policy of a private Ray keeps its decisions but never creates the
+    AutoscalingCoordinator actor (one worker process, ~1.5 s here) or sends it requests."""
+    import types
+
+    import ray.train
+    from ray.train.v2._internal.execution.scaling_policy import (
+        ResizeDecision,
+        autoscaling_coordinator_client,
+        create_scaling_policy,
+    )
+    from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from ltray.train.lean import lean_trainer_class, local_scaling_policy
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the lean policy contacted the autoscaling coordinator")
+
+    monkeypatch.setattr(
+        autoscaling_coordinator_client, "get_or_create_autoscaling_coordinator", refuse
+    )
+    monkeypatch.setattr(
+        autoscaling_coordinator_client.TrainAutoscalingCoordinatorClient, "__init__", refuse
+    )
+    scaling = ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1})
+    stock = create_scaling_policy(scaling)
+    assert type(stock) is FixedScalingPolicy  # what Ray builds for a fixed size (Ray 2.60)
+    lean = local_scaling_policy(stock)
+    assert isinstance(lean, FixedScalingPolicy) and lean is not stock
+    lean.after_controller_start(types.SimpleNamespace(run_id="r1"))
+    decision = lean.make_decision_for_non_running_worker_group()
+    assert isinstance(decision, ResizeDecision) and decision.num_workers == 2
+    assert decision.resources_per_worker == {"CPU": 1}
+    lean.before_controller_abort()
+    with pytest.raises(AssertionError, match="contacted"):  # the stock one would
+        stock.after_controller_start(types.SimpleNamespace(run_id="r1"))
+
+    # Another policy (elastic sizing, or one a later Ray adds) is left as it is ...
+    other = object()
+    assert local_scaling_policy(other) is other
+    # ... and the lean trainer hands the controller the lean policy.
+    seen: dict = {}
+    monkeypatch.setattr(
+        DataParallelTrainer,
+        "_initialize_and_run_controller",
+        lambda self, **kwargs: seen.update(kwargs),
+    )
+    trainer = lean_trainer_class(DataParallelTrainer)(lambda: None, scaling_config=scaling)
+    trainer._initialize_and_run_controller(scaling_policy=stock, other=1)
+    assert type(seen["scaling_policy"]) is type(lean) and seen["other"] == 1
+
+
+def test_the_ltray_command_stops_the_ray_it_started(monkeypatch) -> None:
+    """`ltray` (the console script) stops Ray itself after the command, before Ray's exit hook
+    would (which waits half a second more), and exits with the command's code."""
+    import types
+
+    import ltray.cli as cli
+
+    calls: list[str] = []
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: True, shutdown=lambda: calls.append("shutdown")
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(cli, "main", lambda: calls.append("main") or 3)
+    with pytest.raises(SystemExit) as exc:
+        cli.entry()
+    assert exc.value.code == 3 and calls == ["main", "shutdown"]
+    fake.is_initialized = lambda: False
+    calls.clear()
+    with pytest.raises(SystemExit):
+        cli.entry()
+    assert calls == ["main"]
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
 def test_deprioritize_lowers_ray_helpers_but_not_training_workers(tmp_path: Path) -> None:
     """A fake run: driver → (gcs, raylet → (controller, RayTrainWorker)). Called for the
