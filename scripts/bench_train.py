@@ -8,7 +8,8 @@ is shared and absolute speed drifts; the ratios are what count):
          run as a subprocess: CIFAR-10-LT rho=100, ResNet-32, batch 128, 2 threads, CE;
   [1]    `ltray train` on the same split, model, batch, threads and epochs (CE, one Ray Train
          worker): train images/s / reference (target >= 0.95) and wall time command-to-table /
-         reference (target <= 1.25);
+         reference (target <= 1.25), over 2 alternated rounds (reference, ltray, reference,
+         ltray);
   [2]    the per-epoch evaluation at default settings (val: linear, EMA-NCM heads) / that
          epoch's training time (target <= 0.15); the memory's one full pass (end of epoch k)
          and the final evaluation are shown apart;
@@ -19,7 +20,7 @@ is shared and absolute speed drifts; the ratios are what count):
          runs (target <= 15 s);
   [5]    KT + EMA step / CE step, ResNet-32 batch 128 (target <= 1.10).
 
-    LTRAY_DATA_DIR=../shared/data python scripts/bench_train.py            # all, ~20 min
+    LTRAY_DATA_DIR=../shared/data python scripts/bench_train.py            # all, ~20 min here
     python scripts/bench_train.py --only 4 5                             # no shared data needed
 
 The reference file is read from ``--reference`` (default ../shared/reference); it is never
@@ -54,6 +55,7 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> float:
 
 
 def reference(script: Path, data: Path, epochs: int, work: Path, threads: int) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
     out = work / "reference.json"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     wall = _run(
@@ -153,6 +155,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.environ.get("LTRAY_DATA_DIR", "../shared/data"))
     ap.add_argument("--reference", default=str(REPO.parent / "shared" / "reference"))
     ap.add_argument("--epochs", type=int, default=2, help="epochs of [ref] and [1]")
+    ap.add_argument("--rounds", type=int, default=2, help="alternated rounds of [ref] and [1]")
     ap.add_argument("--scaling-epochs", type=int, default=2, help="epochs of each run of [3]")
     ap.add_argument("--steps", type=int, default=15, help="steps per method in [5]")
     ap.add_argument("--default-runs", type=int, default=3, help="runs of [4] (median counts)")
@@ -172,45 +175,65 @@ def main() -> None:
     if parts & {1, 2}:
         if not script.is_file() or not root.is_dir():
             sys.exit(f"[1]/[2] need {script} and {root} (set --reference / --data-dir)")
-        ref = reference(script, root, args.epochs, work, threads=2)
-        lt = ltray_train(
-            [*cifar_args(root, args.epochs), "train.threads=2", "scaling.cpus_per_worker=2"],
-            work / "ltray-2t",
-            work / "ltray-2t.log",
+        # Alternated (reference, ltray, reference, ltray, ...): the machine's speed drifts by
+        # 10% within minutes here, so each ratio is taken over every round.
+        refs, lts = [], []
+        for i in range(args.rounds):
+            refs.append(reference(script, root, args.epochs, work / f"ref-{i}", threads=2))
+            lts.append(
+                ltray_train(
+                    [
+                        *cifar_args(root, args.epochs),
+                        "train.threads=2",
+                        "scaling.cpus_per_worker=2",
+                    ],
+                    work / f"ltray-2t-{i}",
+                    work / f"ltray-2t-{i}.log",
+                )
+            )
+        out.update(reference=refs, ltray=lts)
+        for i, (ref, lt) in enumerate(zip(refs, lts, strict=True)):
+            lin = lt["results"]["heads"]["linear"]["test"]["overall"] * 100
+            ncm = lt["results"]["heads"]["ncm_full"]["test"]["overall"] * 100
+            print(
+                f"[ref] round {i + 1}: reference loop, {args.epochs} epochs, 2 threads: "
+                f"{ref['images_per_s']:.1f} img/s, wall {ref['wall_s']:.0f} s, "
+                f"test linear {ref['result']['linear']['overall']:.1f} / "
+                f"NCM {ref['result']['ncm_cosine']['overall']:.1f}"
+            )
+            print(
+                f"      round {i + 1}: ltray train, same settings, 1 Ray Train worker: "
+                f"{lt['images_per_s']:.1f} img/s, wall {lt['wall_s']:.0f} s, "
+                f"test linear {lin:.1f} / NCM {ncm:.1f}"
+            )
+        r_ips = statistics.mean(x["images_per_s"] for x in lts) / statistics.mean(
+            x["images_per_s"] for x in refs
         )
-        out.update(reference=ref, ltray=lt)
-        lin = lt["results"]["heads"]["linear"]["test"]["overall"] * 100
-        print(
-            f"[ref] reference loop, {args.epochs} epochs, 2 threads: "
-            f"{ref['images_per_s']:.1f} img/s, wall {ref['wall_s']:.0f} s, "
-            f"test linear {ref['result']['linear']['overall']:.1f} / "
-            f"NCM {ref['result']['ncm_cosine']['overall']:.1f}"
+        r_wall = statistics.mean(x["wall_s"] for x in lts) / statistics.mean(
+            x["wall_s"] for x in refs
         )
-        ncm = lt["results"]["heads"]["ncm_full"]["test"]["overall"] * 100
-        print(
-            f"      ltray train, same settings, 1 Ray Train worker: "
-            f"{lt['images_per_s']:.1f} img/s, wall {lt['wall_s']:.0f} s, "
-            f"test linear {lin:.1f} / NCM {ncm:.1f}"
+        per_round = ", ".join(
+            f"{lt['images_per_s'] / ref['images_per_s']:.3f}"
+            for ref, lt in zip(refs, lts, strict=True)
         )
-        r_ips = lt["images_per_s"] / ref["images_per_s"]
-        r_wall = lt["wall_s"] / ref["wall_s"]
         print(
-            f"[1] train images/s ltray / reference = {r_ips:.3f} (target >= 0.95) "
-            f"{verdict(r_ips >= 0.95)}"
+            f"[1] train images/s ltray / reference = {r_ips:.3f} over {len(lts)} rounds "
+            f"(each: {per_round}) (target >= 0.95) {verdict(r_ips >= 0.95)}"
         )
         print(
             f"    wall time ltray / reference = {r_wall:.3f} (target <= 1.25) "
             f"{verdict(r_wall <= 1.25)}"
         )
-        t = lt["timing"]
-        outside = lt["wall_s"] - t["loop_s"]
-        print(
-            f"    ltray wall {lt['wall_s']:.0f} s = outside the loop {outside:.0f} + setup "
-            f"{t['setup_s']:.0f} + training {t['train_s']:.0f} + per-epoch evaluation "
-            f"{t['eval_s']:.0f} + memory init pass {t['memory_init_s']:.0f} + final "
-            f"evaluation and cache {t['final_s']:.0f}"
-        )
-        fracs = [r["eval_time_s"] / r["epoch_time_s"] for r in lt["epochs"]]
+        for lt in lts:
+            t = lt["timing"]
+            outside = lt["wall_s"] - t["loop_s"]
+            print(
+                f"    ltray wall {lt['wall_s']:.0f} s = outside the loop {outside:.0f} + setup "
+                f"{t['setup_s']:.0f} + training {t['train_s']:.0f} + per-epoch evaluation "
+                f"{t['eval_s']:.0f} + memory init pass {t['memory_init_s']:.0f} + final "
+                f"evaluation and cache {t['final_s']:.0f}"
+            )
+        fracs = [r["eval_time_s"] / r["epoch_time_s"] for lt in lts for r in lt["epochs"]]
         worst = max(fracs)
         print(
             "[2] per-epoch evaluation / epoch training time: "

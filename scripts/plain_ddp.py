@@ -2,7 +2,8 @@
 
 No ltray code and no Ray: a CIFAR ResNet-32 written here, ``--workers`` processes started by
 ``torch.multiprocessing`` (gloo, one thread each), in-memory batches of random 32x32 images,
-SGD with momentum, a global batch of 128 split across the workers. Prints one JSON line:
+SGD with momentum, a batch of 128 per worker (as ltray's ``data.batch_size``). Prints one JSON
+line:
 ``{"workers": N, "images_per_s": ..., "per_worker": [...]}`` (steady state, after warm-up).
 
     python scripts/plain_ddp.py --workers 1
@@ -78,7 +79,7 @@ def _worker(rank: int, world: int, port: int, steps: int, warmup: int, batch: in
         dist.init_process_group("gloo", rank=rank, world_size=world)
         model = nn.parallel.DistributedDataParallel(net)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-    b = batch // world
+    b = batch
     x = torch.randn(b, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (b,))
 
@@ -111,7 +112,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=80, help="timed steps per worker")
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=128, help="global batch, split across workers")
+    ap.add_argument("--batch", type=int, default=128, help="batch per worker")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
