@@ -23,36 +23,6 @@ from ltray.config import DataConfig
 from ltray.data import make_loader, prepare_data
 
 
-class _Block(nn.Module):
-    """BasicBlock with an option-A (zero-pad) shortcut."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(cout)
-        self.stride, self.pad = stride, cout - cin
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.b2(self.c2(F.relu(self.b1(self.c1(x)))))
-        sc = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
-        if self.pad:
-            sc = F.pad(sc, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-        return F.relu(out + sc)
-
-
-def _local_resnet32(num_classes: int) -> nn.Module:
-    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
-    cin = 16
-    for width, stride in ((16, 1), (32, 2), (64, 2)):
-        for i in range(5):
-            layers.append(_Block(cin, width, stride if i == 0 else 1))
-            cin = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
-    return nn.Sequential(*layers)
-
-
 def build_model(num_classes: int) -> tuple[nn.Module, str]:
     try:
         from ltray.models.backbones import build_backbone
@@ -60,7 +30,9 @@ def build_model(num_classes: int) -> tuple[nn.Module, str]:
         backbone = build_backbone("resnet32", in_channels=3, small_input=True)
         return nn.Sequential(backbone, nn.Linear(backbone.feat_dim, num_classes)), "ltray.models"
     except ImportError:
-        return _local_resnet32(num_classes), "local"
+        from plain_resnet import resnet32
+
+        return resnet32(num_classes), "local"
 
 
 def main() -> None:

@@ -23,43 +23,6 @@ from ltray.fusion.ncm import class_means, d_scale, ncm_logits
 from ltray.fusion.select import class_balanced_indices, weighted_scores
 
 
-# --- a local ResNet-32 (docs/methods.md#backbones), used when ltray.models is not importable --
-class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(cout)
-        self.pad = cout - cin
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.b1(self.c1(x)))
-        out = self.b2(self.c2(out))
-        sc = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
-        if self.pad:  # option-A shortcut: zero-pad the channels
-            sc = F.pad(sc, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-        return F.relu(out + sc)
-
-
-class _ResNet32(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
-        )
-        layers, cin = [], 16
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(5):
-                layers.append(_Block(cin, cout, stride if i == 0 else 1))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.stem(x)).mean((2, 3))
-
-
 def backbone() -> tuple[nn.Module, str]:
     try:
         from ltray.models.backbones import build_backbone
@@ -68,7 +31,9 @@ def backbone() -> tuple[nn.Module, str]:
         feats = getattr(net, "forward_features", net)
         return _Features(net, feats), "ltray.models.backbones resnet32"
     except Exception:  # noqa: BLE001 - fall back to the local copy
-        return _ResNet32(), "local ResNet-32 copy (ltray.models.backbones not importable)"
+        from plain_resnet import resnet32_features
+
+        return resnet32_features(), "plain_resnet ResNet-32 (ltray.models.backbones not importable)"
 
 
 class _Features(nn.Module):

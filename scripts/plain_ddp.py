@@ -1,9 +1,9 @@
 """Plain PyTorch DDP throughput: the yardstick for `ltray train`'s data-parallel scaling.
 
-No ltray code and no Ray: a CIFAR ResNet-32 written here, ``--workers`` processes started by
-``torch.multiprocessing`` (gloo, one thread each), in-memory batches of random 32x32 images,
-SGD with momentum, a batch of 128 per worker (as ltray's ``data.batch_size``). Prints one JSON
-line:
+No ltray code and no Ray: the CIFAR ResNet-32 of ``plain_resnet.py``, ``--workers`` processes
+started by ``torch.multiprocessing`` (gloo, one thread each), in-memory batches of random 32x32
+images, SGD with momentum, a batch of 128 per worker (as ltray's ``data.batch_size``). Prints
+one JSON line:
 ``{"workers": N, "images_per_s": ..., "per_worker": [...]}`` (steady state, after warm-up).
 
     python scripts/plain_ddp.py --workers 1
@@ -24,55 +24,15 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from plain_resnet import resnet32
 from torch import nn
 from torch.nn import functional as F
-
-
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(cout)
-        self.short = None
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.b1(self.c1(x)))
-        out = self.b2(self.c2(out))
-        return F.relu(out + (x if self.short is None else self.short(x)))
-
-
-class ResNet32(nn.Module):
-    """He et al.'s CIFAR ResNet-32: 3 stages of 5 basic blocks, 16/32/64 channels."""
-
-    def __init__(self, classes: int = 10) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [
-            nn.Conv2d(3, 16, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-        ]
-        cin = 16
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(5):
-                layers.append(Block(cin, cout, stride if i == 0 else 1))
-                cin = cout
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(64, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
 
 
 def _worker(rank: int, world: int, port: int, steps: int, warmup: int, batch: int, out) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(rank)
-    net = ResNet32().to(memory_format=torch.channels_last)
+    net = resnet32(10).to(memory_format=torch.channels_last)
     model: nn.Module = net
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

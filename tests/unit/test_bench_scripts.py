@@ -22,11 +22,28 @@ def test_plain_ddp_reports_one_rate_per_worker_process() -> None:
     assert abs(res["images_per_s"] - sum(res["per_worker"])) < 1e-6
 
 
+def test_the_plain_resnet32_is_he_et_al_s() -> None:
+    # 0.46M parameters (He et al. 2016, Table 6), option-A shortcuts: no 1x1 convolutions.
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import torch
+        from plain_resnet import resnet32, resnet32_features
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    net = resnet32(10)
+    assert sum(p.numel() for p in net.parameters()) == 464_154
+    assert not any(
+        isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in net.modules()
+    )
+    assert resnet32_features()(torch.zeros(2, 3, 32, 32)).shape == (2, 64)
+
+
 def test_plain_ddp_runs_with_ltray_unimportable() -> None:
     # The yardstick must not be built from the code it measures: it runs with ltray blocked.
     script = SCRIPTS / "plain_ddp.py"
     code = (
         "import runpy, sys\n"
+        f"sys.path.insert(0, {str(SCRIPTS)!r})\n"
         "sys.modules['ltray'] = None\n"
         f"sys.argv = [{str(script)!r}, '--workers', '1', '--steps', '1', '--warmup', '1',"
         " '--batch', '2']\n"
