@@ -60,7 +60,9 @@ def test_killed_worker_recovers_from_its_checkpoint(tmp_path: Path) -> None:
             "-m",
             "ltray.cli",
             "train",
-            "train.epochs=8",
+            # 20 short epochs: the kill after epoch 2 must land while the workers still train
+            # (with 8, a fast machine had finished training before the kill arrived)
+            "train.epochs=20",
             "scaling.num_workers=2",
             "train.max_failures=1",
             "--out",
@@ -82,13 +84,14 @@ def test_killed_worker_recovers_from_its_checkpoint(tmp_path: Path) -> None:
         time.sleep(0.2)
     assert killed_pid is not None, "training never reached epoch 2"
     epochs_before = [m["epoch"] for m in read_metrics(run)]
+    assert len(epochs_before) < 20, "the kill arrived after training had finished"
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     assert "resuming from" in out
     lines = (run / "metrics.jsonl").read_text().splitlines()
     recorded = [json.loads(x)["epoch"] for x in lines]
     assert recorded[: len(epochs_before)] == epochs_before  # nothing written earlier is lost
-    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 9))
+    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 21))
     assert int(pid_file.read_text()) != killed_pid  # a new worker finished the run
     assert (run / "results.json").is_file()
 
