@@ -77,7 +77,11 @@ def test_killed_worker_recovers_from_its_checkpoint(tmp_path: Path) -> None:
     deadline = time.time() + 300
     killed_pid = None
     while time.time() < deadline and proc.poll() is None:
-        if pid_file.is_file() and len(read_metrics(run)) >= 2:
+        # Kill once Ray has registered a checkpoint: the report that carries it trails the
+        # epoch's metrics line by up to a poll interval, and on a fast machine a kill in between
+        # restarts from epoch 1 (correctly: there was no checkpoint to restart from).
+        registered = any((run / "ray").glob("train-*/checkpoint_*"))
+        if pid_file.is_file() and len(read_metrics(run)) >= 2 and registered:
             killed_pid = int(pid_file.read_text())
             os.kill(killed_pid, signal.SIGKILL)
             break
