@@ -66,6 +66,41 @@ def load_state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _resume_state(
+    ctx: LoopContext,
+    resume_from: Path | None,
+    run_dir: Path,
+    cfg: Config,
+    world: int,
+    rank: int,
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest state this run can continue from, and where it came from.
+
+    Candidates: the checkpoint Ray restored into a restarted worker group, the one ``--resume``
+    named, and the run's own ``checkpoints/last.pt`` when it holds this config's state. The last
+    covers a worker killed after rank 0 wrote ``last.pt`` but before Ray registered the epoch's
+    report (or before any report): without it the group would restart from an older epoch or
+    from scratch. With several workers, rank 0 chooses and sends the state to the others, so
+    every rank starts at the same epoch even where only rank 0's node holds the run directory.
+    """
+    chosen: tuple[Path | None, dict[str, Any] | None] = (None, None)
+    shared = world > 1 and dist.is_available() and dist.is_initialized()
+    if rank == 0 or not shared:
+        own = run_dir / "checkpoints" / "last.pt"
+        candidates = [ctx.restored_state(), resume_from, own if own.is_file() else None]
+        for path in dict.fromkeys(Path(c) for c in candidates if c is not None):
+            state = load_state(path)
+            if path == own and resume_from is None and state.get("config_hash") != config_hash(cfg):
+                continue  # not this config's state: never continue another run's weights
+            if chosen[1] is None or int(state["epoch"]) > int(chosen[1]["epoch"]):
+                chosen = (path, state)
+    if shared:
+        box = [chosen]
+        dist.broadcast_object_list(box, src=0)
+        chosen = box[0]
+    return chosen
+
+
 def _device(cfg: Config, local_rank: int) -> torch.device:
     use = cfg.scaling.use_gpu
     if use == "auto":
@@ -98,9 +133,9 @@ def run_training(
 ) -> dict[str, Any] | None:
     """Train per ``cfg``, writing checkpoints and metrics into ``run_dir`` (rank 0).
 
-    Resumes from ``ctx.restored_state()`` (a restarted worker group) or ``resume_from`` (a
-    stopped run). Returns the final results on rank 0 (``None`` elsewhere or without
-    ``finalize``).
+    Resumes from the newest of ``ctx.restored_state()`` (a restarted worker group),
+    ``resume_from`` (a stopped run) and the run's own ``last.pt`` (:func:`_resume_state`).
+    Returns the final results on rank 0 (``None`` elsewhere or without ``finalize``).
     """
     t_enter = time.time()
     run_dir = Path(run_dir)
@@ -177,9 +212,8 @@ def run_training(
 
     # -- resume --------------------------------------------------------------------------------
     start_epoch, best = 0, {"epoch": -1, "score": -math.inf}
-    state_path = ctx.restored_state() or resume_from
-    if state_path is not None:
-        state = load_state(Path(state_path))
+    state_path, state = _resume_state(ctx, resume_from, run_dir, cfg, world, rank)
+    if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])

@@ -64,6 +64,49 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path) -> No
     assert [m["epoch"] for m in read_metrics(part)] == [1, 2, 3]
 
 
+class RayLags(StopAfter):
+    """A worker group killed after epoch ``n`` whose host registered only epoch 1's checkpoint
+    (Ray's report trails rank 0's ``last.pt``); ``restored_state`` hands that one back."""
+
+    def __init__(self, n: int, keep: Path) -> None:
+        super().__init__(n)
+        self.keep = keep
+
+    def report(self, metrics, state_path):
+        if metrics["epoch"] == 1:
+            self.keep.write_bytes(Path(state_path).read_bytes())
+        super().report(metrics, state_path)
+
+    def restored_state(self):
+        return self.keep if self.keep.is_file() else None
+
+
+def test_a_restarted_group_continues_from_the_newest_state(tmp_path: Path) -> None:
+    cfg = load_config(None, TINY)
+    full, part = tmp_path / "full", tmp_path / "part"
+    full.mkdir()
+    part.mkdir()
+    run_training(cfg, full, LocalContext(), finalize=False)
+    host = RayLags(2, tmp_path / "registered.pt")
+    with pytest.raises(_Stop):
+        run_training(cfg, part, host, finalize=False)
+    # The restarted group: Ray offers epoch 1, the run's own last.pt holds epoch 2.
+    restarted = RayLags(99, host.keep)
+    run_training(cfg, part, restarted, finalize=False)
+    assert [m["epoch"] for m in restarted.reports] == [3]
+    a, b = _weights(full), _weights(part)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+    # Another config's last.pt in the folder is never continued: training starts at epoch 1.
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "last.pt").write_bytes((part / "checkpoints" / "last.pt").read_bytes())
+    fresh = LocalContext()
+    run_training(load_config(None, [*TINY, "train.seed=7"]), other, fresh, finalize=False)
+    assert [m["epoch"] for m in fresh.reports] == [1, 2, 3]
+
+
 def test_run_writes_results_cache_and_plots(tmp_path: Path) -> None:
     cfg = load_config(None, TINY)
     ctx = LocalContext()
