@@ -17,6 +17,7 @@ epoch changed, so the driver reads the metrics it is told about.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -77,6 +78,14 @@ class _CheckpointDir:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _restore_dir() -> str:
+    """A temporary folder for a restored checkpoint, removed when the worker process exits
+    (the loop reads the state from it once, at start)."""
+    path = tempfile.mkdtemp(prefix="ltray-restore-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 class RayTrainContext:
     """Inside ``train_loop_per_worker`` of a Ray Train ``TorchTrainer``."""
 
@@ -108,7 +117,7 @@ class RayTrainContext:
         if ckpt is None:
             return None
         # The checkpoint may live on remote storage: materialise it locally.
-        self._restore_dir = tempfile.mkdtemp(prefix="ltray-restore-")
+        self._restore_dir = _restore_dir()
         local = ckpt.to_directory(self._restore_dir)
         path = Path(local) / STATE_FILE
         return path if path.is_file() else None
@@ -139,7 +148,7 @@ class TuneContext:
         ckpt = tune.get_checkpoint()
         if ckpt is None:
             return None
-        local = ckpt.to_directory(tempfile.mkdtemp(prefix="ltray-restore-"))
+        local = ckpt.to_directory(_restore_dir())
         path = Path(local) / STATE_FILE
         return path if path.is_file() else None
 

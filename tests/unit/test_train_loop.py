@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +316,14 @@ def test_a_trial_stopped_on_its_last_report_has_its_results(tmp_path: Path) -> N
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["heads"]["linear"]["test"]["overall"] > 0.2
     assert (tmp_path / "cache" / "meta.json").is_file() and (tmp_path / "timing.json").is_file()
+
+
+def test_a_restored_checkpoint_folder_is_removed_when_the_worker_exits(tmp_path: Path) -> None:
+    code = (
+        "from pathlib import Path; from ltray.train.context import _restore_dir\n"
+        "p = Path(_restore_dir()); (p / 'state.pt').write_bytes(b'x'); print(p)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    folder = Path(out.stdout.strip())
+    assert folder.name.startswith("ltray-restore-")
+    assert not folder.exists()
