@@ -1,4 +1,4 @@
-"""`ltray train [--config FILE] [key=value ...] [--out DIR | --resume RUN_DIR]`."""
+"""`ltray train [--config FILE|PRESET] [key=value ...] [--out DIR | --resume RUN_DIR]`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="key=value",
         help="dotted config overrides, e.g. train.lr=0.05 data.imbalance_ratio=50",
     )
-    p.add_argument("--config", help="YAML config (same keys as the overrides)")
+    p.add_argument(
+        "--config",
+        help="YAML config (same keys as the overrides) or a preset name (e.g. cifar10-lt-30: "
+        "one run of its config; its reproduce: section is for `ltray reproduce`)",
+    )
     p.add_argument(
         "--out",
         help="new run directory (default: a new folder under "
@@ -39,8 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ltray.config import load_config
     from ltray.errors import ConfigError
+    from ltray.presets import load_train_config
     from ltray.train.driver import load_run_config, train
     from ltray.train.tables import results_table
 
@@ -49,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         cfg = load_run_config(Path(args.resume).expanduser().resolve(), args.overrides)
     else:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_train_config(args.config, args.overrides)
     console = Console(width=None if sys.stdout.isatty() else 160)
     run_dir, results = train(cfg, out=args.out, resume=args.resume, address=args.address)
     console.print(results_table(results))

@@ -1,7 +1,9 @@
 """Reproduction presets shipped with ltray (``ltray reproduce --config NAME``).
 
 Each preset is a YAML file next to this module: an `ltray train` config plus a ``reproduce:``
-section (see :mod:`ltray.reproduce.options`). ``--config`` takes a preset name or a path.
+section (see :mod:`ltray.reproduce.options`). ``--config`` takes a preset name or a path, for
+`ltray reproduce` and for `ltray train` (one run of the preset's config:
+:func:`load_train_config`).
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from ltray.config import Config
 from ltray.errors import ConfigError
 
-__all__ = ["preset_names", "preset_path", "resolve_config"]
+__all__ = ["preset_names", "preset_path", "resolve_config", "load_train_config"]
 
 
 def _folder() -> Path:
@@ -50,3 +53,23 @@ def resolve_config(name_or_path: str) -> Path:
             f"name ({', '.join(preset_names())})"
         )
     return preset_path(name_or_path)
+
+
+def load_train_config(name_or_path: str | None, overrides: list[str] | None = None) -> Config:
+    """The config of one `ltray train` run: defaults, then a YAML file or a preset, then
+    ``overrides``.
+
+    A preset's (or any file's) ``reproduce:`` section plans a reproduction and is left out
+    here; ``$VAR`` in its data paths is expanded as `ltray reproduce` does (an unset variable
+    is an error naming it, unless an override sets that key).
+    """
+    from ltray.config import build_config, load_config, read_yaml
+    from ltray.reproduce.setup import expand_env
+
+    if name_or_path is None:
+        return load_config(None, overrides)
+    path = resolve_config(name_or_path)
+    raw, lines = read_yaml(path)
+    raw.pop("reproduce", None)
+    raw = expand_env(raw, name_or_path, list(overrides or []))
+    return build_config(raw, source=str(path), lines=lines, overrides=overrides)

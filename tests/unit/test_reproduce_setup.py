@@ -142,3 +142,27 @@ def test_a_run_the_plan_cannot_train_stops_the_start_before_ray_and_folders(
     assert "memory.init_epoch=9" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
     assert main([*args, "--dry-run"]) == 2
+
+
+def test_ltray_train_takes_a_preset_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ltray.presets import load_train_config
+
+    monkeypatch.setenv("LTRAY_DATA_DIR", "/somewhere")
+    cfg = load_train_config("cifar10-lt-30", ["train.seed=3"])
+    assert cfg.data.root == "/somewhere/cifar10" and cfg.train.epochs == 30
+    assert cfg.model.backbone == "resnet32" and cfg.train.seed == 3
+    # A file with a reproduce: section is one run's config too; a plain file is unchanged.
+    own = tmp_path / "mine.yaml"
+    own.write_text("train: {epochs: 4}\nreproduce: {seeds: 5}\n")
+    assert load_train_config(str(own)).train.epochs == 4
+    assert load_train_config(None, ["train.epochs=2"]).train.epochs == 2
+    # The unset variable is named before anything starts (exit 2, one line).
+    monkeypatch.delenv("LTRAY_DATA_DIR")
+    assert main(["train", "--config", "cifar10-lt-30", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "LTRAY_DATA_DIR" in err and "data.root" in err
+    assert not (tmp_path / "r").exists()
+    assert main(["train", "--config", "no-such-preset", "--out", str(tmp_path / "r")]) == 2
+    assert "known presets" in capsys.readouterr().err
