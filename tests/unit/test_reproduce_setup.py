@@ -8,7 +8,7 @@ import pytest
 
 from ltray.cli import main
 from ltray.errors import ConfigError
-from ltray.presets import preset_names, resolve_config
+from ltray.presets import load_train_config, preset_names, resolve_config
 from ltray.reproduce import CliOptions, load_reproduction
 from ltray.reproduce.setup import epoch_overrides
 
@@ -147,8 +147,6 @@ def test_a_run_the_plan_cannot_train_stops_the_start_before_ray_and_folders(
 def test_ltray_train_takes_a_preset_name(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ltray.presets import load_train_config
-
     monkeypatch.setenv("LTRAY_DATA_DIR", "/somewhere")
     cfg = load_train_config("cifar10-lt-30", ["train.seed=3"])
     assert cfg.data.root == "/somewhere/cifar10" and cfg.train.epochs == 30
@@ -166,3 +164,15 @@ def test_ltray_train_takes_a_preset_name(
     assert not (tmp_path / "r").exists()
     assert main(["train", "--config", "no-such-preset", "--out", str(tmp_path / "r")]) == 2
     assert "known presets" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_validates(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LTRAY_DATA_DIR", "/somewhere")
+    overrides = []
+    if name == "imagenet-lt":  # its list files are the user's to name
+        overrides = [f"data.{k}=/x/{k}.txt" for k in ("train_list", "val_list", "test_list")]
+        overrides.append("data.root=/x")
+    rep = load_reproduction(name, overrides)
+    assert rep.options.seeds >= 1
+    assert load_train_config(name, overrides).train.epochs == rep.cfg.train.epochs
