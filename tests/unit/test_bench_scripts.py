@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
@@ -43,3 +45,20 @@ def test_plain_ddp_reports_one_rate_per_worker_with_ltray_unimportable() -> None
     assert res["workers"] == 2 and len(res["per_worker"]) == 2
     assert all(r > 0 for r in res["per_worker"])
     assert abs(res["images_per_s"] - sum(res["per_worker"])) < 1e-6
+
+
+@pytest.mark.ray
+def test_ray_helper_cpu_names_the_helpers_of_a_private_ray() -> None:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "ray_helper_cpu.py"), "--seconds", "2", "--settle", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    names = [p["process"] for p in result["processes"]]
+    assert any("TrainController" in n for n in names), names
+    assert any(n == "raylet" for n in names) and any(n == "gcs_server" for n in names), names
+    assert not any("RayTrainWorker" in n for n in names)  # the measuring worker itself is left out
+    assert result["total_pct_of_one_core"] >= 0 and result["seconds"] >= 2
