@@ -47,15 +47,12 @@ def _name(pid: int) -> str:
 
 
 def _descendants(root: int) -> list[int]:
+    from ltray.train.priority import _parent  # the /proc stat parsing ltray uses itself
+
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        if entry.isdigit() and (parent := _parent(int(entry))) is not None:
+            parents.setdefault(parent, []).append(int(entry))
     out, todo = [], [root]
     while todo:
         pid = todo.pop()

@@ -96,7 +96,6 @@ class RayTrainContext:
         self.world_size = ctx.get_world_size()
         self.rank = ctx.get_world_rank()
         self.local_rank = ctx.get_local_rank()
-        self._restore_dir: str | None = None
 
     def report(self, metrics: dict[str, Any], state_path: Path | None) -> None:
         import ray.train
@@ -117,8 +116,7 @@ class RayTrainContext:
         if ckpt is None:
             return None
         # The checkpoint may live on remote storage: materialise it locally.
-        self._restore_dir = _restore_dir()
-        local = ckpt.to_directory(self._restore_dir)
+        local = ckpt.to_directory(_restore_dir())
         path = Path(local) / STATE_FILE
         return path if path.is_file() else None
 
