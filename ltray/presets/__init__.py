@@ -8,13 +8,22 @@ section (see :mod:`ltray.reproduce.options`). ``--config`` takes a preset name o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ltray.config import Config
 from ltray.errors import ConfigError
 
-__all__ = ["preset_names", "preset_path", "resolve_config", "load_train_config"]
+__all__ = [
+    "PresetFile",
+    "preset_names",
+    "preset_path",
+    "resolve_config",
+    "read_preset",
+    "load_train_config",
+]
 
 
 def _folder() -> Path:
@@ -55,6 +64,34 @@ def resolve_config(name_or_path: str) -> Path:
     return preset_path(name_or_path)
 
 
+@dataclass(frozen=True)
+class PresetFile:
+    """A config file as both commands read it: the train config apart from its plan.
+
+    ``source`` names it in messages: the preset's name for a shipped preset, else the path.
+    ``raw``/``lines`` are the train config (``reproduce:`` taken out) and the line of every
+    key; ``reproduce`` is that section as written (``None`` when absent).
+    """
+
+    path: Path
+    source: str
+    raw: dict[str, Any]
+    lines: dict[tuple[str, ...], int]
+    reproduce: Any
+
+
+def read_preset(name_or_path: str) -> PresetFile:
+    """Resolve a preset name or a YAML path and read it (``safe_load``), splitting off its
+    ``reproduce:`` section. ``$VAR`` in data paths is left for the caller to expand."""
+    from ltray.config import read_yaml
+
+    path = resolve_config(name_or_path)
+    raw, lines = read_yaml(path)
+    plan = raw.pop("reproduce", None)
+    source = name_or_path if path.parent == _folder() else str(path)
+    return PresetFile(path, source, raw, lines, plan)
+
+
 def load_train_config(name_or_path: str | None, overrides: list[str] | None = None) -> Config:
     """The config of one `ltray train` run: defaults, then a YAML file or a preset, then
     ``overrides``.
@@ -63,13 +100,11 @@ def load_train_config(name_or_path: str | None, overrides: list[str] | None = No
     here; ``$VAR`` in its data paths is expanded as `ltray reproduce` does (an unset variable
     is an error naming it, unless an override sets that key).
     """
-    from ltray.config import build_config, load_config, read_yaml
+    from ltray.config import build_config, load_config
     from ltray.reproduce.setup import expand_env
 
     if name_or_path is None:
         return load_config(None, overrides)
-    path = resolve_config(name_or_path)
-    raw, lines = read_yaml(path)
-    raw.pop("reproduce", None)
-    raw = expand_env(raw, name_or_path, list(overrides or []))
-    return build_config(raw, source=str(path), lines=lines, overrides=overrides)
+    preset = read_preset(name_or_path)
+    raw = expand_env(preset.raw, name_or_path, list(overrides or []))
+    return build_config(raw, source=str(preset.path), lines=preset.lines, overrides=overrides)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from ltray.config import Config, build_config, read_yaml
+from ltray.config import Config, build_config
 from ltray.errors import ConfigError
 from ltray.reproduce.options import ReproduceOptions
 
@@ -194,18 +193,14 @@ def load_reproduction(
         ConfigError: unknown preset, bad YAML, unknown keys, bad values, unset required paths —
             every problem of one kind at once, before anything starts.
     """
-    from ltray.presets import resolve_config
+    from ltray.presets import read_preset
 
     cli = cli or CliOptions()
-    name = config or "quick"
-    path = resolve_config(name)
-    raw, lines = read_yaml(path)
-    source = name if path.parent == Path(resolve_config("quick")).parent else str(path)
-    options = _validate_options(
-        _options_raw(raw.pop("reproduce", None), cli, source), source, lines
-    )
+    preset = read_preset(config or "quick")
+    path, source, lines = preset.path, preset.source, preset.lines
+    options = _validate_options(_options_raw(preset.reproduce, cli, source), source, lines)
     cli_overrides = list(overrides or [])
-    raw = expand_env(raw, source, cli_overrides)
+    raw = expand_env(preset.raw, source, cli_overrides)
     cfg = build_config(raw, source=str(path), lines=lines, overrides=cli_overrides)
     notes: list[str] = []
     if cli.epochs is not None:

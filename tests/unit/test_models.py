@@ -16,6 +16,8 @@ from ltray.models import (
     NetOutput,
     build_backbone,
     build_network,
+    class_sums,
+    normalize,
 )
 from ltray.models.heads import CosineClassifier
 from ltray.train.methods import TrainForward
@@ -218,3 +220,41 @@ def test_cosine_classifier_hand_example():
         head.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 5.0]]))
     z = head(torch.tensor([[3.0, 4.0]]))
     torch.testing.assert_close(z, torch.tensor([[16 * 0.6, 16 * 0.8]]))
+
+
+@pytest.mark.parametrize("name", ["resnet32", "resnet10"])
+def test_evaluation_folds_batchnorm_into_convolutions_with_the_same_outputs(name: str) -> None:
+    """The evaluation passes run a copy of the backbone with every BatchNorm folded into its
+    convolution: no BatchNorm left, the same features and heads as the eval-mode network (up to
+    float rounding), and the training network untouched (still in train mode, same weights)."""
+    from ltray.train.evaluate import extract, full_pass_sums, inference_backbone
+
+    cfg = load_config(None, [f"model.backbone={name}"])
+    torch.manual_seed(0)
+    net = build_network(cfg, num_classes=5, in_channels=3, small_input=name == "resnet32")
+    for m in net.modules():  # running statistics away from the init's 0/1
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    size = 32 if name == "resnet32" else 64
+    x = torch.rand(6, 3, size, size)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+
+    folded = inference_backbone(net.backbone)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    net.eval()
+    with torch.no_grad():
+        want = net(x)
+    net.train()
+    got = extract(net, [(x, y)], torch.device("cpu"), channels_last=True)
+    torch.testing.assert_close(torch.from_numpy(got.features), want.features, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(got.logits), want.logits, rtol=1e-4, atol=1e-5)
+    sums, counts = full_pass_sums(net, [(x, y)], torch.device("cpu"), 5)
+    want_sums, _ = class_sums(normalize(want.features), y, 5)
+    torch.testing.assert_close(sums, want_sums, rtol=1e-4, atol=1e-5)
+    assert net.training
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -327,3 +327,49 @@ def test_a_restored_checkpoint_folder_is_removed_when_the_worker_exits(tmp_path:
     folder = Path(out.stdout.strip())
     assert folder.name.startswith("ltray-restore-")
     assert not folder.exists()
+
+
+def test_the_loop_steps_with_fused_sgd_which_follows_the_same_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's SGD is the fused one on CPU (one kernel per step, not ~3 per tensor), and
+    fused SGD makes the same updates as the per-tensor loop for every setting the loop passes
+    (momentum, weight decay, nesterov, per-group lr)."""
+    import ltray.train.loop as loop
+
+    made: list[object] = []
+
+    class Recording(torch.optim.SGD):
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            made.append(kwargs.get("fused"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(loop.torch.optim, "SGD", Recording)
+    run_training(
+        load_config(None, ["train.epochs=1", *TINY[1:]]), tmp_path, LocalContext(), finalize=False
+    )
+    assert made[0] is True
+
+    for nesterov in (False, True):
+        torch.manual_seed(0)
+        start = [torch.randn(64, 3, 3, 3), torch.randn(10)]
+        grads = [[torch.randn_like(p) for p in start] for _ in range(4)]
+        ends = []
+        for fused in (False, True):
+            params = [p.clone().requires_grad_() for p in start]
+            opt = torch.optim.SGD(
+                [{"params": params[:1]}, {"params": params[1:], "lr": 0.01}],
+                lr=0.1,
+                momentum=0.9,
+                weight_decay=5e-4,
+                nesterov=nesterov,
+                foreach=False if not fused else None,
+                fused=fused or None,
+            )
+            for step in grads:
+                for p, g in zip(params, step, strict=True):
+                    p.grad = g.clone()
+                opt.step()
+            ends.append([p.detach() for p in params])
+        for a, b in zip(*ends, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
