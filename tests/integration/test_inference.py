@@ -25,7 +25,10 @@ from ltray.fusion.cache import read_cache
 
 pytestmark = [pytest.mark.slow]
 
-ATOL = 1e-5
+# The run's evaluation passes fold each BatchNorm into its convolution
+# (ltray.train.evaluate.inference_backbone); the exported model runs them unfolded: the same
+# logits up to float rounding (3e-5 seen), far below any wrong weight or head.
+ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
