@@ -227,7 +227,12 @@ def test_evaluation_folds_batchnorm_into_convolutions_with_the_same_outputs(name
     """The evaluation passes run a copy of the backbone with every BatchNorm folded into its
     convolution: no BatchNorm left, the same features and heads as the eval-mode network (up to
     float rounding), and the training network untouched (still in train mode, same weights)."""
-    from ltray.train.evaluate import extract, full_pass_sums, inference_backbone
+    from ltray.train.evaluate import (
+        FOLD_MIN_BATCHES,
+        extract,
+        full_pass_sums,
+        inference_backbone,
+    )
 
     cfg = load_config(None, [f"model.backbone={name}"])
     torch.manual_seed(0)
@@ -249,12 +254,33 @@ def test_evaluation_folds_batchnorm_into_convolutions_with_the_same_outputs(name
     with torch.no_grad():
         want = net(x)
     net.train()
-    got = extract(net, [(x, y)], torch.device("cpu"), channels_last=True)
-    torch.testing.assert_close(torch.from_numpy(got.features), want.features, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(torch.from_numpy(got.logits), want.logits, rtol=1e-4, atol=1e-5)
-    sums, counts = full_pass_sums(net, [(x, y)], torch.device("cpu"), 5)
-    want_sums, _ = class_sums(normalize(want.features), y, 5)
+    batches = [(x, y)] * FOLD_MIN_BATCHES  # a pass long enough to be run folded
+    got = extract(net, batches, torch.device("cpu"), channels_last=True)
+    reps = FOLD_MIN_BATCHES
+    want_f, want_z = want.features.repeat(reps, 1), want.logits.repeat(reps, 1)
+    torch.testing.assert_close(torch.from_numpy(got.features), want_f, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(got.logits), want_z, rtol=1e-4, atol=1e-5)
+    sums, counts = full_pass_sums(net, batches, torch.device("cpu"), 5)
+    want_sums, _ = class_sums(normalize(want_f), y.repeat(reps), 5)
     torch.testing.assert_close(sums, want_sums, rtol=1e-4, atol=1e-5)
     assert net.training
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_only_passes_of_several_batches_fold_the_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folding costs a copy and a trace per pass: a one-batch split (digits-LT's val) runs the
+    network as it is, a longer pass folds once."""
+    import ltray.train.evaluate as ev
+
+    calls: list[int] = []
+    real = ev.inference_backbone
+    monkeypatch.setattr(ev, "inference_backbone", lambda b: calls.append(1) or real(b))
+    net = build_network(load_config(None, []), num_classes=3, in_channels=1, small_input=True)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    ev.extract(net, [(x, y)], torch.device("cpu"))
+    ev.full_pass_sums(net, [(x, y)], torch.device("cpu"), 3)
+    assert calls == []
+    ev.extract(net, [(x, y)] * ev.FOLD_MIN_BATCHES, torch.device("cpu"))
+    ev.full_pass_sums(net, [(x, y)] * ev.FOLD_MIN_BATCHES, torch.device("cpu"), 3)
+    assert calls == [1, 1]
