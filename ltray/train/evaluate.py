@@ -64,11 +64,13 @@ def inference_backbone(backbone: nn.Module) -> nn.Module:
 FOLD_MIN_BATCHES = 4
 
 
-def _fold_for(loader: Batches) -> bool:
+def _pass_backbone(backbone: nn.Module, loader: Batches) -> nn.Module:
+    """The backbone one pass over ``loader`` runs: folded when the pass is long enough."""
     try:
-        return len(loader) >= FOLD_MIN_BATCHES  # type: ignore[arg-type]
+        fold = len(loader) >= FOLD_MIN_BATCHES  # type: ignore[arg-type]
     except TypeError:  # an iterable of unknown length: fold
-        return True
+        fold = True
+    return inference_backbone(backbone) if fold else backbone
 
 
 @torch.inference_mode()
@@ -78,13 +80,12 @@ def extract(
     """Run ``net`` in eval mode over ``loader``: features [N, d], logits [N, C], labels [N]."""
     was_training = net.training
     net.eval()
-    # The plain network's forward is backbone then heads: run the folded backbone in its place.
-    plain = type(net).forward is LTNet.forward
-    folded = inference_backbone(net.backbone) if plain and _fold_for(loader) else None
+    # The plain network's forward is backbone then heads: run the pass's backbone in its place.
+    backbone = _pass_backbone(net.backbone, loader) if type(net).forward is LTNet.forward else None
     feats, logits, kt, labels = [], [], [], []
     for x, y in loader:
         x = to_device(x, device, channels_last=channels_last)
-        out = net(x) if folded is None else net.heads(folded(x))
+        out = net(x) if backbone is None else net.heads(backbone(x))
         feats.append(out.features.float())
         logits.append(out.logits.float())
         if out.kt_logits is not None:
@@ -117,7 +118,7 @@ def full_pass_sums(
     net.eval()
     sums: torch.Tensor | None = None
     counts = torch.zeros(num_classes, device=device)
-    backbone = inference_backbone(net.backbone) if _fold_for(loader) else net.backbone
+    backbone = _pass_backbone(net.backbone, loader)
     for x, y in loader:
         h = backbone(to_device(x, device, channels_last=channels_last)).float()
         s, c = class_sums(normalize(h), torch.as_tensor(y, device=device), num_classes)
