@@ -1,4 +1,5 @@
-"""`ltray report SWEEP`: best trials, the Many / Medium / Few / Overall table, Pareto plot."""
+"""`ltray report SWEEP`: best trials, the Many / Medium / Few / Overall table, each categorical
+choice at equal epochs, Pareto plot."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="summarise a sweep: best trials, test table, Pareto front")
     p.add_argument("sweep", help="sweep folder (printed by `ltray tune`) or sweep name")
     p.add_argument("--top", type=int, default=5, help="trials to show")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        nargs="+",
+        help="epochs at which to compare each categorical parameter's choices (default: the "
+        "epoch most trials stopped at, and the last)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -40,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             f"MLflow spool {'replayed' if done else 'still pending (server unreachable)'}: {uri}",
             file=sys.stderr,
         )
-    tables, summary = report_tables(sweep_dir, top=args.top)
+    tables, summary = report_tables(sweep_dir, top=args.top, epochs=args.epochs)
     console = Console(width=None if sys.stdout.isatty() else 160)
     if args.json:
         print(json.dumps(summary, indent=1, default=str))

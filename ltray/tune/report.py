@@ -1,4 +1,5 @@
-"""`ltray report SWEEP`: best trials, their Many / Medium / Few / Overall table, Pareto front.
+"""`ltray report SWEEP`: best trials, their Many / Medium / Few / Overall table, each categorical
+choice compared at equal epochs (:func:`choice_effects`), Pareto front.
 
 Reads only the sweep folder (``<storage>/<name>/ltray``, a local path or a URI such as
 ``s3://bucket/sweeps/kt``, read through :mod:`ltray.storage`): ``sweep.json`` and each trial's
@@ -22,6 +23,7 @@ __all__ = [
     "collect_trials",
     "rank_trials",
     "pareto_front",
+    "choice_effects",
     "report_tables",
     "pareto_plot",
     "DRIVER_FILES",
@@ -73,6 +75,11 @@ def collect_trials(
             continue
         records = parse_metrics((trial_dir / "metrics.jsonl").read_text(missing_ok=True) or "")
         best: dict[str, float] = {}
+        curve = {
+            int(r["epoch"]): float(r[metrics[0]])
+            for r in records
+            if isinstance(r.get(metrics[0]), (int, float)) and "epoch" in r
+        }
         for metric, mode in zip(metrics, modes, strict=True):
             vals = [float(r[metric]) for r in records if isinstance(r.get(metric), (int, float))]
             if vals:
@@ -84,6 +91,7 @@ def collect_trials(
                 "params": info["params"],
                 "epochs": len(records),
                 "metrics": best,
+                "curve": curve,  # epoch -> the first metric's value at that epoch
                 "last": records[-1] if records else {},
                 "finished": results is not None
                 or bool(records and "test_fused_overall" in records[-1]),
@@ -124,13 +132,62 @@ def pareto_front(
     return front
 
 
+def _is_choice(values: list[Any]) -> bool:
+    """A parameter compared choice by choice: categorical (str/bool) or a small int range (e.g.
+    the memory's init epoch k)."""
+    if all(isinstance(v, (str, bool)) for v in values):
+        return True
+    return all(isinstance(v, int) for v in values) and len(set(values)) <= 5
+
+
+def choice_effects(trials: list[dict[str, Any]], epochs: list[int] | None = None) -> dict[str, Any]:
+    """Each categorical parameter's choices compared at equal training: the first metric's
+    mean, std and trial count per choice at given epochs (trials that reached them).
+
+    Default epochs: the epoch most trials stopped at (under ASHA its grace period, before any
+    selection: nearly every trial counts; ties go to the earlier epoch) and the sweep's last
+    epoch (the trials that ran all of it: the scheduler kept those, so that column is what the
+    better trials chose). A trial's best value over its epochs (the leaderboard) favours
+    trials that ran longer; these columns compare like with like.
+    """
+    curves = [t for t in trials if t.get("curve")]
+    if not curves:
+        return {"epochs": [], "rows": []}
+    if not epochs:
+        ends = [max(t["curve"]) for t in curves]
+        common = min(set(ends), key=lambda e: (-ends.count(e), e))
+        epochs = sorted({common, max(ends)})
+    params = sorted({k for t in curves for k in t["params"]})
+    rows = []
+    for p in params:
+        values = [t["params"][p] for t in curves if p in t["params"]]
+        if not _is_choice(values):
+            continue
+        for choice in sorted(set(values), key=str):
+            cells = []
+            for e in epochs:
+                vals = [
+                    t["curve"][e]
+                    for t in curves
+                    if t["params"].get(p) == choice and e in t["curve"]
+                ]
+                n = len(vals)
+                mean = sum(vals) / n if n else math.nan
+                std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+                cells.append({"epoch": e, "n": n, "mean": mean, "std": std})
+            rows.append({"param": p, "choice": choice, "cells": cells})
+    return {"epochs": epochs, "rows": rows}
+
+
 def _pct(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
     return f"{100 * float(v):.1f}"
 
 
-def report_tables(sweep_dir: Path | Storage, *, top: int = 5) -> tuple[list[Any], dict[str, Any]]:
+def report_tables(
+    sweep_dir: Path | Storage, *, top: int = 5, epochs: list[int] | None = None
+) -> tuple[list[Any], dict[str, Any]]:
     """Rich tables (leaderboard; test table of the best trials) and a JSON summary."""
     from rich.table import Table
 
@@ -189,6 +246,25 @@ def report_tables(sweep_dir: Path | Storage, *, top: int = 5) -> tuple[list[Any]
         "ranked": [{k: t[k] for k in ("trial_id", "params", "metrics", "epochs")} for t in ranked],
     }
     tables = [board, test]
+    effects = choice_effects(trials, epochs)
+    summary["choices"] = effects
+    if effects["rows"]:
+        ct = Table(
+            title=f"{metrics[0]} by choice at equal epochs: mean ± std (trials)",
+            caption="each column: the trials that reached that epoch (by default the epoch "
+            "most trials stopped at, and the last one)",
+        )
+        ct.add_column("parameter")
+        ct.add_column("choice")
+        for e in effects["epochs"]:
+            ct.add_column(f"epoch {e}", justify="right")
+        for row in effects["rows"]:
+            ct.add_row(
+                row["param"],
+                _fmt(row["choice"]),
+                *[_mean_std(c) for c in row["cells"]],
+            )
+        tables.append(ct)
     if len(metrics) > 1:
         front = pareto_front(trials, metrics, modes)
         summary["pareto"] = [t["trial_id"] for t in front]
@@ -200,6 +276,14 @@ def report_tables(sweep_dir: Path | Storage, *, top: int = 5) -> tuple[list[Any]
             pt.add_row(t["trial_id"], *[_pct(t["metrics"][m]) for m in metrics])
         tables.append(pt)
     return tables, summary
+
+
+def _mean_std(cell: dict[str, Any]) -> str:
+    if not cell["n"]:
+        return "—"
+    if cell["n"] == 1:
+        return f"{_pct(cell['mean'])} (1)"
+    return f"{_pct(cell['mean'])} ± {_pct(cell['std'])} ({cell['n']})"
 
 
 def _fmt(v: Any) -> str:
