@@ -1,5 +1,5 @@
 """`ltray report SWEEP`: best trials, the Many / Medium / Few / Overall table, each categorical
-choice at equal epochs, Pareto plot."""
+choice at equal epochs, a plot of every trial per epoch, Pareto plot."""
 
 from __future__ import annotations
 
@@ -27,7 +27,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ltray.storage import driver_folder, mirror_path, pull_files, push_files
-    from ltray.tune.report import DRIVER_FILES, find_sweep, pareto_plot, report_tables
+    from ltray.tune.report import (
+        DRIVER_FILES,
+        curves_plot,
+        find_sweep,
+        pareto_plot,
+        report_tables,
+    )
 
     sweep_dir = find_sweep(args.sweep)  # a local folder or a folder on a URI storage
     if (sweep_dir / "mlflow_spool.jsonl").is_file() or (
@@ -58,4 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if "pareto" in summary:
         path = pareto_plot(sweep_dir, sweep_dir / "pareto.png")
         console.print(f"Pareto plot: {path}")
+    path = curves_plot(sweep_dir, sweep_dir / "curves.png", top=args.top)
+    if path is not None:
+        console.print(f"each trial per epoch: {path}")
     return 0

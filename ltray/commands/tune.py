@@ -25,6 +25,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-samples", type=int, help="number of trials (default: the space's)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
+    p.add_argument(
+        "--grace-period",
+        type=int,
+        metavar="EPOCHS",
+        help="ASHA: epochs every trial runs before the first cut (default: the space's); "
+        "early epochs may not rank trials as their last ones do (docs/results.md, KT sweep)",
+    )
+    p.add_argument(
+        "--reduction-factor",
+        type=int,
+        help="ASHA: keep 1 in this many trials at each cut (default: the space's)",
+    )
     p.add_argument("--name", help="sweep name (default: the space file's name)")
     p.add_argument(
         "--storage",
@@ -73,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         num_samples=args.num_samples,
         max_concurrent=args.max_concurrent,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
         name=args.name,
         storage=args.storage,
         mlflow_uri=args.mlflow_uri,

@@ -26,6 +26,7 @@ __all__ = [
     "choice_effects",
     "report_tables",
     "pareto_plot",
+    "curves_plot",
     "DRIVER_FILES",
 ]
 
@@ -339,6 +340,86 @@ def pareto_plot(sweep_dir: Path | Storage, path: Path | Storage) -> Path | Stora
         with tempfile.TemporaryDirectory() as tmp:
             fig.savefig(Path(tmp) / "pareto.png", dpi=110)
             path.upload_file(Path(tmp) / "pareto.png")
+    else:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _sweep_rungs(state: dict[str, Any]) -> list[int]:
+    """The epochs ASHA cut at: saved with the sweep, or (sweeps started before that was saved)
+    read from its space file when that file is still there."""
+    if "asha" in state:
+        return list((state["asha"] or {}).get("rungs", []))
+    space_file = Path(state.get("space_file", ""))
+    single = len(state.get("metric", [])) == 1
+    if state.get("kind") != "train" or not single or not space_file.is_file():
+        return []
+    import yaml
+
+    from ltray.tune.search import asha_rungs
+
+    search = (yaml.safe_load(space_file.read_text()) or {}).get("search", {})
+    if search.get("scheduler", "asha") != "asha":
+        return []
+    epochs = int(state["base"]["train"]["epochs"])
+    grace, factor = int(search.get("grace_period", 1)), int(search.get("reduction_factor", 2))
+    return asha_rungs(epochs, grace, factor) if grace <= epochs else []
+
+
+def curves_plot(
+    sweep_dir: Path | Storage, path: Path | Storage, top: int = 5
+) -> Path | Storage | None:
+    """The first metric of every trial per epoch: the ``top`` best in colour and named, the
+    rest grey, a cross where ASHA stopped a trial, ASHA's cuts as dotted lines. Shows whether
+    the epochs a scheduler cuts at rank trials as their last epochs do. None when no trial
+    reported yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep_dir = Storage.at(sweep_dir)
+    state = (sweep_dir / "sweep.json").read_json()
+    metric, mode = state["metric"][0], state["mode"][0]
+    trials = [t for t in collect_trials(sweep_dir, [metric], [mode]) if t["curve"]]
+    if not trials:
+        return None
+    ranked = rank_trials(trials, metric, mode)
+    best = {t["trial_id"] for t in ranked[:top]}
+    last = max(max(t["curve"]) for t in trials)
+    scale = 100  # as the leaderboard prints it
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rung in _sweep_rungs(state):
+        ax.axvline(rung, color="0.75", ls=":", lw=1)
+    colour = iter(f"C{i}" for i in range(10))
+    for t in reversed(ranked):  # the best drawn last, on top
+        epochs = sorted(t["curve"])
+        values = [scale * t["curve"][e] for e in epochs]
+        named = t["trial_id"] in best
+        style = {"color": next(colour), "lw": 1.8} if named else {"color": "0.65", "lw": 0.9}
+        label = f"{t['trial_id']} (best {_pct(t['metrics'][metric])})" if named else None
+        ax.plot(epochs, values, marker=".", ms=3, label=label, **style)
+        if epochs[-1] < last:
+            ax.plot(epochs[-1], values[-1], "x", color=style["color"], ms=6)
+    handles, labels = ax.get_legend_handles_labels()
+    order = list(reversed(range(len(handles))))  # the best first
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
+    handles += [
+        ax.plot([], [], ":", color="0.75")[0],
+        ax.plot([], [], "x", color="0.4")[0],
+    ]
+    labels += ["ASHA cut", "stopped by ASHA"]
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"sweep {state.get('name', '')}: {len(trials)} trials", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(handles, labels, fontsize=7, loc="lower right")
+    fig.tight_layout()
+    if isinstance(path, Storage):
+        with tempfile.TemporaryDirectory() as tmp:
+            fig.savefig(Path(tmp) / path.name, dpi=110)
+            path.upload_file(Path(tmp) / path.name)
     else:
         fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -60,6 +60,8 @@ class SweepOptions:
     address: str | None = None
     num_samples: int | None = None
     max_concurrent: int | None = None
+    grace_period: int | None = None  # ASHA's, in epochs; default: the space's
+    reduction_factor: int | None = None
     name: str | None = None
     storage: str | None = None
     mlflow_uri: str | None = None
@@ -285,7 +287,7 @@ def plan(space: Space, opts: SweepOptions) -> dict[str, Any]:
         "mode": space.modes,
         "num_samples": _counts(space, opts)[0],
         "max_concurrent": _counts(space, opts)[1],
-        "scheduler": s.scheduler if not space.multi_objective else "none (multi-objective)",
+        "scheduler": _scheduler_text(space, opts),
         "sampler": f"{s.sampler} (seed {s.seed})",
         "epochs": space.base.train.epochs,
         "trial": "in-process loop (no nested Train)"
@@ -318,6 +320,63 @@ def _counts(space: Space, opts: SweepOptions) -> tuple[int, int]:
     return n, c
 
 
+def _asha(space: Space, opts: SweepOptions) -> tuple[int, int]:
+    """(grace_period, reduction_factor): the command line's when given, else the space file's."""
+    s = space.spec.search
+    g = s.grace_period if opts.grace_period is None else opts.grace_period
+    f = s.reduction_factor if opts.reduction_factor is None else opts.reduction_factor
+    return g, f
+
+
+def asha_rungs(epochs: int, grace: int, factor: int) -> list[int]:
+    """The epochs at which ASHA compares trials and stops the worse ones (the scheduler's rungs:
+    grace, grace·factor, ... up to the last epoch)."""
+    rungs, t = [], grace
+    while t <= epochs:
+        rungs.append(t)
+        t *= factor
+    return rungs
+
+
+def _uses_asha(space: Space, opts: SweepOptions) -> bool:
+    grace = _asha(space, opts)[0]
+    return (
+        space.spec.search.scheduler == "asha"
+        and not space.multi_objective
+        and space.spec.kind != POSTHOC
+        and grace <= space.base.train.epochs
+    )
+
+
+def _asha_state(space: Space, opts: SweepOptions) -> dict[str, Any] | None:
+    if not _uses_asha(space, opts):
+        return None
+    grace, factor = _asha(space, opts)
+    epochs = space.base.train.epochs
+    return {
+        "grace_period": grace,
+        "reduction_factor": factor,
+        "rungs": asha_rungs(epochs, grace, factor),
+    }
+
+
+def _scheduler_text(space: Space, opts: SweepOptions) -> str:
+    s = space.spec.search
+    if space.multi_objective:
+        return "none (multi-objective)"
+    if s.scheduler != "asha" or space.spec.kind == POSTHOC:
+        return "none"
+    grace, factor = _asha(space, opts)
+    epochs = space.base.train.epochs
+    if grace > epochs:
+        return f"none: the grace period {grace} is past the last epoch {epochs}"
+    rungs = ", ".join(map(str, asha_rungs(epochs, grace, factor)))
+    return (
+        f"asha: grace {grace}, reduction factor {factor}; "
+        f"stops trials at epochs {rungs} of {epochs}"
+    )
+
+
 def check_sweep(space: Space, opts: SweepOptions) -> None:
     """Everything that can be checked before Ray starts, every problem in one ConfigError:
     the options, ``--from``, the config a post-hoc sweep trains without ``--from`` (the space
@@ -331,6 +390,16 @@ def check_sweep(space: Space, opts: SweepOptions) -> None:
     ):
         if value < 1:
             problems.append(f"{flag} {value}: must be >= 1")
+    grace, factor = _asha(space, opts)
+    if grace < 1:
+        problems.append(f"--grace-period {grace}: must be >= 1 (epochs)")
+    if factor < 2:
+        problems.append(f"--reduction-factor {factor}: must be >= 2")
+    if opts.resume and (opts.grace_period is not None or opts.reduction_factor is not None):
+        problems.append(
+            "--resume keeps the sweep's ASHA settings; drop --grace-period/--reduction-factor, "
+            "or start a new sweep with another --name"
+        )
     if space.spec.kind == POSTHOC and not opts.from_run and not opts.resume:
         problems += [f"base: {x}" for x in config_problems(space.base)]
     try:
@@ -483,6 +552,8 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
         "mlflow_parent": parent,
         "experiment": experiment,
         "base": space.base.model_dump(mode="json"),
+        # the cuts ASHA makes (None: no scheduler); a resumed sweep keeps the ones it started with
+        "asha": state.get("asha") if opts.resume else _asha_state(space, opts),
         "started": state.get("started", time.time()),
     }
     (root / "sweep.json").write_json(state, indent=1)
@@ -506,7 +577,7 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune(space),
-            tune_config=_tune_config(space, num_samples, max_concurrent),
+            tune_config=_tune_config(space, num_samples, max_concurrent, _asha_state(space, opts)),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=tune_path,
@@ -717,7 +788,11 @@ def _trainable(
     return tune.with_resources(trial, resources)
 
 
-def _tune_config(space: Space, num_samples: int, max_concurrent: int) -> Any:
+def _tune_config(
+    space: Space, num_samples: int, max_concurrent: int, asha: dict[str, Any] | None
+) -> Any:
+    """Tune's config: Optuna's sampler, behind a concurrency limit, and ASHA when ``asha``
+    (:func:`_asha_state`) says it cuts."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -737,7 +812,7 @@ def _tune_config(space: Space, num_samples: int, max_concurrent: int) -> Any:
         mode=space.modes if multi else space.modes[0],
     )
     scheduler = None
-    if s.scheduler == "asha" and not multi and space.spec.kind != POSTHOC:
+    if asha is not None:
         # max_t one past the last epoch: no forced stop at max_t. A rung can still fall on the
         # last epoch (grace 1, factor 2, 4 epochs) and stop a trial on its last report, so the
         # training loop writes its results and cache before that report.
@@ -746,8 +821,8 @@ def _tune_config(space: Space, num_samples: int, max_concurrent: int) -> Any:
             metric=space.metrics[0],
             mode=space.modes[0],
             max_t=space.base.train.epochs + 1,
-            grace_period=s.grace_period,
-            reduction_factor=s.reduction_factor,
+            grace_period=asha["grace_period"],
+            reduction_factor=asha["reduction_factor"],
         )
     return tune.TuneConfig(
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),

@@ -171,6 +171,10 @@ def test_asha_sweep_against_a_real_mlflow_server(tmp_path: Path, server: MlflowS
         text=True,
     )
     assert report.returncode == 0 and "Overall" in report.stdout
+    # the cuts ASHA made (grace 1, factor 2, 3 epochs) are saved with the sweep and plotted
+    state = json.loads((tmp_path / "st" / "asha" / "ltray" / "sweep.json").read_text())
+    assert state["asha"] == {"grace_period": 1, "reduction_factor": 2, "rungs": [1, 2]}
+    assert (tmp_path / "st" / "asha" / "ltray" / "curves.png").stat().st_size > 0
 
 
 def test_mlflow_server_down_mid_sweep_loses_nothing(tmp_path: Path, server: MlflowServer) -> None:

@@ -74,3 +74,53 @@ def test_report_prints_the_choice_table_and_its_json(tmp_path: Path) -> None:
     assert "val_kt_overall by choice at equal epochs" in text
     assert "40.0 ± 10.0 (3)" in text  # kt.mask=correct at epoch 2
     assert choice_effects([]) == {"epochs": [], "rows": []}
+
+
+def test_curves_plot_draws_every_trial_and_the_saved_asha_cuts(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from ltray.tune import report
+
+    root = _sweep(tmp_path / "sw", TRIALS)
+    state = json.loads((root / "sweep.json").read_text())
+    state["asha"] = {"grace_period": 2, "reduction_factor": 2, "rungs": [2, 4]}
+    (root / "sweep.json").write_text(json.dumps(state))
+    seen = {}
+    real_close = plt.close
+
+    def keep(fig):  # look at the figure before it is closed
+        ax = fig.axes[0]
+        lines = [ln for ln in ax.get_lines() if len(ln.get_xdata())]
+        seen["lines"] = [ln for ln in lines if ln.get_ls() == "-" and len(ln.get_xdata()) > 1]
+        seen["cuts"] = sorted({ln.get_xdata()[0] for ln in lines if ln.get_ls() == ":"})
+        seen["labels"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        real_close(fig)
+
+    plt.close = keep
+    try:
+        out = report.curves_plot(root, tmp_path / "curves.png", top=2)
+    finally:
+        plt.close = real_close
+    assert out == tmp_path / "curves.png" and out.stat().st_size > 0
+    # 7 trials drawn (g has one epoch: a point, not a line); the cuts at epochs 2 and 4
+    assert len(seen["lines"]) == 6 and seen["cuts"] == [2, 4]
+    # the 2 best named first, best first (g's best 90.0, then b's 60.0 ... e's 50.0)
+    assert seen["labels"][:2] == ["g (best 90.0)", "b (best 60.0)"]
+    assert seen["labels"][2:] == ["ASHA cut", "stopped by ASHA"]
+
+
+def test_sweeps_without_saved_cuts_read_them_from_their_space_file(tmp_path: Path) -> None:
+    from ltray.tune.report import _sweep_rungs, curves_plot
+
+    space = tmp_path / "kt.yaml"
+    space.write_text("search: {scheduler: asha, grace_period: 2, reduction_factor: 2}\n")
+    state = {"kind": "train", "metric": ["m"], "space_file": str(space)}
+    state["base"] = {"train": {"epochs": 30}}
+    assert _sweep_rungs(state) == [2, 4, 8, 16]
+    assert _sweep_rungs({**state, "asha": None}) == []  # saved: no scheduler
+    assert _sweep_rungs({**state, "space_file": str(tmp_path / "gone.yaml")}) == []
+    empty = _sweep(tmp_path / "empty", {})
+    assert curves_plot(empty, tmp_path / "c.png") is None

@@ -1,0 +1,83 @@
+"""`ltray tune --grace-period/--reduction-factor`: the ASHA settings a sweep runs with, shown in
+the plan and checked before Ray starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ltray.errors import ConfigError
+from ltray.tune.search import (
+    SweepOptions,
+    _asha_state,
+    _tune_config,
+    asha_rungs,
+    check_sweep,
+    plan,
+)
+from ltray.tune.space import load_space
+
+KT = Path(__file__).resolve().parents[2] / "search_spaces" / "kt.yaml"
+
+
+def _rungs(tune_config) -> list[int]:
+    return sorted(m for m, _ in tune_config.scheduler._brackets[0]._rungs)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "grace", "factor"), [(30, 2, 2), (30, 8, 2), (4, 1, 2), (30, 3, 3), (6, 2, 2)]
+)
+def test_rungs_shown_are_the_schedulers(epochs: int, grace: int, factor: int) -> None:
+    space = load_space(KT, [f"train.epochs={epochs}"])
+    opts = SweepOptions(grace_period=grace, reduction_factor=factor)
+    asha = _asha_state(space, opts)
+    assert asha == {"grace_period": grace, "reduction_factor": factor, "rungs": asha["rungs"]}
+    assert _rungs(_tune_config(space, 4, 2, asha)) == asha_rungs(epochs, grace, factor)
+    assert asha["rungs"] == asha_rungs(epochs, grace, factor)
+    text = plan(space, opts)["scheduler"]
+    assert f"grace {grace}, reduction factor {factor}" in text
+    assert ", ".join(map(str, asha_rungs(epochs, grace, factor))) in text
+
+
+def test_the_command_line_wins_over_the_space_file() -> None:
+    space = load_space(KT, ["train.epochs=30"])  # the file: grace 2, factor 2
+    assert "stops trials at epochs 2, 4, 8, 16 of 30" in plan(space, SweepOptions())["scheduler"]
+    assert "epochs 8, 16 of 30" in plan(space, SweepOptions(grace_period=8))["scheduler"]
+
+
+def test_a_grace_past_the_last_epoch_stops_nothing() -> None:
+    space = load_space(KT, ["train.epochs=6"])
+    assert asha_rungs(6, 10, 2) == []
+    opts = SweepOptions(grace_period=10)
+    assert _asha_state(space, opts) is None
+    assert _tune_config(space, 4, 2, _asha_state(space, opts)).scheduler is None
+    assert plan(space, opts)["scheduler"].startswith("none: the grace period 10 is past")
+
+
+@pytest.mark.parametrize(
+    ("opts", "expected"),
+    [
+        (SweepOptions(grace_period=0), "--grace-period 0: must be >= 1"),
+        (SweepOptions(reduction_factor=1), "--reduction-factor 1: must be >= 2"),
+        (SweepOptions(resume=True, grace_period=8), "--resume keeps the sweep's ASHA settings"),
+    ],
+)
+def test_bad_asha_options_are_refused_before_ray(opts: SweepOptions, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        check_sweep(load_space(KT), opts)
+
+
+def test_the_cli_passes_the_asha_options_to_the_plan() -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "ltray.cli", "tune", "--space", str(KT), "--dry-run"]
+    res = subprocess.run(
+        [*cmd, "--grace-period", "8", "--reduction-factor", "3", "train.epochs=30"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "asha: grace 8, reduction factor 3; stops trials at epochs 8, 24 of 30" in res.stdout
