@@ -479,10 +479,13 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
 
     nested = space.spec.kind != POSTHOC and space.base.scaling.num_workers > 1
     # A local Ray always gets the custom resource nested trials' Train drivers take
-    # (docs/architecture.md#the-three-ray-levels).
+    # (docs/architecture.md#the-three-ray-levels). Only nested trials need the dashboard (Train
+    # frees a stopped trial's placement group through the State API, ray issue 54305); in-process
+    # trials start none: its start is seconds of a small sweep, and it is what fails to come up
+    # on a loaded machine.
     ray_init(
         opts.address,
-        dashboard=True,
+        dashboard=nested,
         **(
             {}
             if opts.address

@@ -81,3 +81,29 @@ def test_the_cli_passes_the_asha_options_to_the_plan() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "asha: grace 8, reduction factor 3; stops trials at epochs 8, 24 of 30" in res.stdout
+
+
+@pytest.mark.parametrize(("workers", "dashboard"), [(1, False), (2, True)])
+def test_only_sweeps_of_nested_train_trials_start_the_dashboard(
+    workers: int, dashboard: bool, tmp_path, monkeypatch
+) -> None:
+    """Nested Train trials need the State API to free a stopped trial's placement group; an
+    in-process trial has none, and the dashboard is seconds of start-up that can fail under
+    load."""
+    import ltray.train.driver as driver
+    from ltray.tune.search import run_sweep
+
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def fake_ray_init(address=None, *, dashboard=True, **kwargs):
+        seen["dashboard"] = dashboard
+        raise Started
+
+    monkeypatch.setattr(driver, "ray_init", fake_ray_init)
+    space = load_space(KT, [f"scaling.num_workers={workers}"])
+    with pytest.raises(Started):
+        run_sweep(space, SweepOptions(storage=str(tmp_path), mlflow=False))
+    assert seen["dashboard"] is dashboard
