@@ -481,8 +481,8 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
     # A local Ray always gets the custom resource nested trials' Train drivers take
     # (docs/architecture.md#the-three-ray-levels). Only nested trials need the dashboard (Train
     # frees a stopped trial's placement group through the State API, ray issue 54305); in-process
-    # trials start none: its start is seconds of a small sweep, and it is what fails to come up
-    # on a loaded machine.
+    # trials start none: one service fewer to come up, which failed to on a loaded machine (its
+    # start-up time is within noise on an idle one).
     ray_init(
         opts.address,
         dashboard=nested,

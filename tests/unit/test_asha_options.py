@@ -88,7 +88,7 @@ def test_only_sweeps_of_nested_train_trials_start_the_dashboard(
     workers: int, dashboard: bool, tmp_path, monkeypatch
 ) -> None:
     """Nested Train trials need the State API to free a stopped trial's placement group; an
-    in-process trial has none, and the dashboard is seconds of start-up that can fail under
+    in-process trial has none, and the dashboard is a service that can fail to start under
     load."""
     import ltray.train.driver as driver
     from ltray.tune.search import run_sweep
