@@ -120,12 +120,15 @@ def run(args: argparse.Namespace) -> int:
             f"--resume" + (f" --storage {args.storage}" if args.storage else "")
         )
         return 130
-    from ltray.tune.report import find_sweep, report_tables
+    from ltray.tune.report import curves_plot, find_sweep, report_tables
 
     sweep_dir = find_sweep(info["sweep_dir"])
     tables, _ = report_tables(sweep_dir)
     for t in tables:
         console.print(t)
+    curves = curves_plot(sweep_dir, sweep_dir / "curves.png")
+    if curves is not None:
+        console.print(f"each trial per epoch: {curves}")
     if summary["errors"]:
         console.print(f"[red]{len(summary['errors'])} trial(s) failed; see the log above[/red]")
     console.print(f"sweep folder: {sweep_dir}\nreport again: ltray report {sweep_dir}")

@@ -146,6 +146,7 @@ def test_asha_sweep_against_a_real_mlflow_server(tmp_path: Path, server: MlflowS
     )  # a hang fails here
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "ranked by val_kt_overall" in res.stdout
+    assert "each trial per epoch:" in res.stdout  # the sweep's end draws curves.png
     trials = trial_dirs(tmp_path / "st" / "asha")
     assert len(trials) == 4
     epochs = [len((t / "metrics.jsonl").read_text().splitlines()) for t in trials]
