@@ -293,6 +293,20 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
+def _save_figure(fig: Any, path: Path | Storage) -> Path | Storage:
+    """Write a figure to a local path or a path on the sweep's storage, and close it."""
+    import matplotlib.pyplot as plt
+
+    if isinstance(path, Storage):
+        with tempfile.TemporaryDirectory() as tmp:
+            fig.savefig(Path(tmp) / path.name, dpi=110)
+            path.upload_file(Path(tmp) / path.name)
+    else:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def pareto_plot(sweep_dir: Path | Storage, path: Path | Storage) -> Path | Storage:
     """Scatter of every trial on the first two metrics, the Pareto front highlighted (``path``
     may be on the sweep's storage)."""
@@ -336,14 +350,7 @@ def pareto_plot(sweep_dir: Path | Storage, path: Path | Storage) -> Path | Stora
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    if isinstance(path, Storage):
-        with tempfile.TemporaryDirectory() as tmp:
-            fig.savefig(Path(tmp) / "pareto.png", dpi=110)
-            path.upload_file(Path(tmp) / "pareto.png")
-    else:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _sweep_rungs(state: dict[str, Any]) -> list[int]:
@@ -356,14 +363,20 @@ def _sweep_rungs(state: dict[str, Any]) -> list[int]:
     if state.get("kind") != "train" or not single or not space_file.is_file():
         return []
     import yaml
+    from pydantic import ValidationError
 
     from ltray.tune.search import asha_rungs
+    from ltray.tune.space import SearchSettings
 
-    search = (yaml.safe_load(space_file.read_text()) or {}).get("search", {})
-    if search.get("scheduler", "asha") != "asha":
+    try:  # the space file's search section, its defaults from the same model as a sweep's
+        raw = (yaml.safe_load(space_file.read_text()) or {}).get("search", {})
+        search = SearchSettings.model_validate(raw)
+    except (yaml.YAMLError, ValidationError, AttributeError):
+        return []  # the file changed since: no cuts drawn rather than wrong ones
+    if search.scheduler != "asha":
         return []
     epochs = int(state["base"]["train"]["epochs"])
-    grace, factor = int(search.get("grace_period", 1)), int(search.get("reduction_factor", 2))
+    grace, factor = search.grace_period, search.reduction_factor
     return asha_rungs(epochs, grace, factor) if grace <= epochs else []
 
 
@@ -416,11 +429,4 @@ def curves_plot(
     ax.grid(alpha=0.3)
     ax.legend(handles, labels, fontsize=7, loc="lower right")
     fig.tight_layout()
-    if isinstance(path, Storage):
-        with tempfile.TemporaryDirectory() as tmp:
-            fig.savefig(Path(tmp) / path.name, dpi=110)
-            path.upload_file(Path(tmp) / path.name)
-    else:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)

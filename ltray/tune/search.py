@@ -338,21 +338,18 @@ def asha_rungs(epochs: int, grace: int, factor: int) -> list[int]:
     return rungs
 
 
-def _uses_asha(space: Space, opts: SweepOptions) -> bool:
-    grace = _asha(space, opts)[0]
-    return (
-        space.spec.search.scheduler == "asha"
-        and not space.multi_objective
-        and space.spec.kind != POSTHOC
-        and grace <= space.base.train.epochs
-    )
-
-
 def _asha_state(space: Space, opts: SweepOptions) -> dict[str, Any] | None:
-    if not _uses_asha(space, opts):
-        return None
+    """The cuts ASHA makes in this sweep, or None when it runs no scheduler (none asked for,
+    several metrics, a post-hoc sweep, or a grace period past the last epoch)."""
     grace, factor = _asha(space, opts)
     epochs = space.base.train.epochs
+    if (
+        space.spec.search.scheduler != "asha"
+        or space.multi_objective
+        or space.spec.kind == POSTHOC
+        or grace > epochs
+    ):
+        return None
     return {
         "grace_period": grace,
         "reduction_factor": factor,
@@ -361,20 +358,21 @@ def _asha_state(space: Space, opts: SweepOptions) -> dict[str, Any] | None:
 
 
 def _scheduler_text(space: Space, opts: SweepOptions) -> str:
-    s = space.spec.search
+    asha = _asha_state(space, opts)
+    if asha is not None:
+        return (
+            f"asha: grace {asha['grace_period']}, reduction factor {asha['reduction_factor']}; "
+            f"stops trials at epochs {', '.join(map(str, asha['rungs']))} of "
+            f"{space.base.train.epochs}"
+        )
     if space.multi_objective:
         return "none (multi-objective)"
-    if s.scheduler != "asha" or space.spec.kind == POSTHOC:
-        return "none"
-    grace, factor = _asha(space, opts)
-    epochs = space.base.train.epochs
-    if grace > epochs:
-        return f"none: the grace period {grace} is past the last epoch {epochs}"
-    rungs = ", ".join(map(str, asha_rungs(epochs, grace, factor)))
-    return (
-        f"asha: grace {grace}, reduction factor {factor}; "
-        f"stops trials at epochs {rungs} of {epochs}"
-    )
+    if space.spec.search.scheduler == "asha" and space.spec.kind != POSTHOC:
+        return (
+            f"none: the grace period {_asha(space, opts)[0]} is past the last epoch "
+            f"{space.base.train.epochs}"
+        )
+    return "none"
 
 
 def check_sweep(space: Space, opts: SweepOptions) -> None:
@@ -450,6 +448,7 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
         )
 
     num_samples, max_concurrent = _counts(space, opts)
+    asha = _asha_state(space, opts)
     space = _select_head_from_metric(space)
     local = where.local()
     from ltray.tracking import mlflow_params, resolve_tracking_uri
@@ -556,7 +555,7 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
         "experiment": experiment,
         "base": space.base.model_dump(mode="json"),
         # the cuts ASHA makes (None: no scheduler); a resumed sweep keeps the ones it started with
-        "asha": state.get("asha") if opts.resume else _asha_state(space, opts),
+        "asha": state.get("asha") if opts.resume else asha,
         "started": state.get("started", time.time()),
     }
     (root / "sweep.json").write_json(state, indent=1)
@@ -580,7 +579,7 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune(space),
-            tune_config=_tune_config(space, num_samples, max_concurrent, _asha_state(space, opts)),
+            tune_config=_tune_config(space, num_samples, max_concurrent, asha),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=tune_path,
