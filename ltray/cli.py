@@ -17,7 +17,17 @@ from ltray.errors import LtrayError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ("train", "fuse", "tune", "report", "reproduce", "data", "evaluate", "predict")
+COMMANDS = (
+    "train",
+    "fuse",
+    "tune",
+    "confirm",
+    "report",
+    "reproduce",
+    "data",
+    "evaluate",
+    "predict",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,13 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ltray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"ltray.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"ltray.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"ltray.commands.{name}").add_parser(sub)
     return parser
 
 

@@ -27,13 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ltray.storage import driver_folder, mirror_path, pull_files, push_files
-    from ltray.tune.report import (
-        DRIVER_FILES,
-        curves_plot,
-        find_sweep,
-        pareto_plot,
-        report_tables,
-    )
+    from ltray.tune.folder import DRIVER_FILES, find_sweep
+    from ltray.tune.report import curves_plot, importance_plot, pareto_plot, report_tables
 
     sweep_dir = find_sweep(args.sweep)  # a local folder or a folder on a URI storage
     if (sweep_dir / "mlflow_spool.jsonl").is_file() or (
@@ -67,4 +62,12 @@ def run(args: argparse.Namespace) -> int:
     path = curves_plot(sweep_dir, sweep_dir / "curves.png", top=args.top)
     if path is not None:
         console.print(f"each trial per epoch: {path}")
+    path = importance_plot(sweep_dir, sweep_dir / "importances.png")
+    if path is not None:
+        console.print(f"importances: {path}")
+    if (sweep_dir / "optuna.db").is_file():
+        console.print(
+            f"the Optuna study: optuna-dashboard sqlite:///{sweep_dir / 'optuna.db'}",
+            highlight=False,
+        )
     return 0

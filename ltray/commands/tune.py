@@ -1,4 +1,9 @@
-"""`ltray tune --space FILE [options] [key=value ...]`: a Ray Tune + Optuna sweep."""
+"""`ltray tune --space NAME_OR_FILE [options] [key=value ...]`: a Ray Tune + Optuna sweep.
+
+ltray tune --list                          # the shipped spaces, a line each
+ltray tune --space kt --dry-run            # a shipped space by name, from any folder
+ltray tune --space my.yaml --confirm 3 --seeds 3
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run a sweep described by a search-space YAML (see search_spaces/). "
         "Trials train (kind: train) or fit a post-hoc method over a cached run (kind: posthoc).",
     )
-    p.add_argument("--space", required=True, help="search-space YAML, e.g. search_spaces/kt.yaml")
+    p.add_argument(
+        "--space",
+        help="a shipped space's name (kt, llw, ...: see --list) or a search-space YAML file",
+    )
+    p.add_argument("--list", action="store_true", help="list the shipped spaces and stop")
     p.add_argument(
         "overrides",
         nargs="*",
@@ -36,6 +45,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--reduction-factor",
         type=int,
         help="ASHA: keep 1 in this many trials at each cut (default: the space's)",
+    )
+    p.add_argument(
+        "--confirm",
+        type=int,
+        metavar="K",
+        help="after the search, re-run the top K configurations over --seeds training seeds at "
+        "the full budget (no early stopping); the winner is the best mean (default: the space's)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        metavar="S",
+        help="training seeds of each confirmed configuration (default: the space's, 3)",
     )
     p.add_argument("--name", help="sweep name (default: the space file's name)")
     p.add_argument(
@@ -73,20 +95,35 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ltray.tune.search import SweepOptions, check_sweep, plan, run_sweep
-    from ltray.tune.space import load_space
+    from ltray.errors import ConfigError
+    from ltray.tune.plan import SweepOptions, check_sweep, plan, sweep_space
+    from ltray.tune.space import load_space, shipped_spaces
 
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if args.list:
+        table = Table(title="shipped search spaces (ltray tune --space NAME)")
+        for col in ("name", "kind", "what it searches"):
+            table.add_column(col)
+        for name, kind, text in shipped_spaces():
+            table.add_row(name, kind, text)
+        console.print(table)
+        return 0
+    if not args.space:
+        raise ConfigError("ltray tune: give --space NAME_OR_FILE (see `ltray tune --list`)")
     if args.register and args.no_mlflow:
-        from ltray.errors import ConfigError
-
         raise ConfigError("--register NAME needs MLflow; drop --no-mlflow")
     space = load_space(args.space, args.overrides)  # every problem at once, before Ray starts
+    search = {
+        "num_samples": args.num_samples,
+        "max_concurrent": args.max_concurrent,
+        "grace_period": args.grace_period,
+        "reduction_factor": args.reduction_factor,
+        "confirm": args.confirm,
+        "seeds": args.seeds,
+    }
     opts = SweepOptions(
+        search=search,
         address=args.address,
-        num_samples=args.num_samples,
-        max_concurrent=args.max_concurrent,
-        grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor,
         name=args.name,
         storage=args.storage,
         mlflow_uri=args.mlflow_uri,
@@ -97,8 +134,7 @@ def run(args: argparse.Namespace) -> int:
         register=args.register,
     )
     check_sweep(space, opts)  # the same pass a real start runs, before Ray
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    info = plan(space, opts)
+    info = plan(sweep_space(space, opts), opts)
     table = Table(title=f"sweep plan: {args.space}", show_header=False)
     for key, value in info.items():
         if key == "space":
@@ -109,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if args.dry_run:
         return 0
+    from ltray.tune.sweep import run_sweep  # Ray, Optuna, MLflow: only once the plan holds
+
     try:
         summary = run_sweep(space, opts)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's own handler is set
@@ -120,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
             f"--resume" + (f" --storage {args.storage}" if args.storage else "")
         )
         return 130
-    from ltray.tune.report import curves_plot, find_sweep, report_tables
+    from ltray.tune.folder import find_sweep
+    from ltray.tune.report import curves_plot, importance_plot, report_tables
 
     sweep_dir = find_sweep(info["sweep_dir"])
     tables, _ = report_tables(sweep_dir)
@@ -129,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     curves = curves_plot(sweep_dir, sweep_dir / "curves.png")
     if curves is not None:
         console.print(f"each trial per epoch: {curves}")
+    importances = importance_plot(sweep_dir, sweep_dir / "importances.png")
+    if importances is not None:
+        console.print(f"importances: {importances}")
     if summary["errors"]:
         console.print(f"[red]{len(summary['errors'])} trial(s) failed; see the log above[/red]")
     console.print(f"sweep folder: {sweep_dir}\nreport again: ltray report {sweep_dir}")

@@ -156,7 +156,12 @@ def _choose_tau(
     return taus[best], accs[best]
 
 
-@register_method("asm", ASMSettings, summary="switch to NCM where σ(s) > τ; epoch by F1, τ on val")
+@register_method(
+    "asm",
+    ASMSettings,
+    summary="switch to NCM where σ(s) > τ; epoch by F1, τ on val",
+    fits_on_train=True,
+)
 def fit_asm(
     train: SplitArrays, val: SplitArrays, ctx: FitContext, settings: ASMSettings
 ) -> FnFitted:

@@ -103,14 +103,17 @@ FitFn = Callable[[SplitArrays, SplitArrays, FitContext, Any], Fitted]
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its fit function, settings model, and what the cache must hold
-    (``"kt_logits"``, ``"memory_ema"``, ``"linear_weight"``)."""
+    """A registered method: its fit function, settings model, what the cache must hold
+    (``"kt_logits"``, ``"memory_ema"``, ``"linear_weight"``), and whether fitting reads the
+    train split's arrays whatever its settings (``fits_on_train``: LLW, ASM, cRT, LWS; a method
+    with a ``memory`` setting reads them for ``memory=full`` only)."""
 
     name: str
     fit: FitFn
     settings: type[MethodSettings]
     requires: tuple[str, ...] = ()
     summary: str = ""
+    fits_on_train: bool = False
 
 
 FUSION_METHODS: Registry[MethodSpec] = Registry("post-hoc method")
@@ -122,12 +125,14 @@ def register_method(
     *,
     requires: tuple[str, ...] = (),
     summary: str = "",
+    fits_on_train: bool = False,
 ) -> Callable[[FitFn], FitFn]:
     """Decorator registering ``fit`` under ``name`` in :data:`FUSION_METHODS`."""
 
     def deco(fit: FitFn) -> FitFn:
+        summary_text = summary or (fit.__doc__ or "").split("\n")[0]
         FUSION_METHODS.register(name)(
-            MethodSpec(name, fit, settings, requires, summary or (fit.__doc__ or "").split("\n")[0])
+            MethodSpec(name, fit, settings, requires, summary_text, fits_on_train)
         )
         return fit
 

@@ -149,7 +149,9 @@ class CRTSettings(MethodSettings):
     seed: int = 0
 
 
-@register_method("crt", CRTSettings, summary="re-trained linear head, class-balanced")
+@register_method(
+    "crt", CRTSettings, summary="re-trained linear head, class-balanced", fits_on_train=True
+)
 def fit_crt(
     train: SplitArrays, val: SplitArrays, ctx: FitContext, settings: CRTSettings
 ) -> FnFitted:
@@ -187,7 +189,12 @@ class LWSSettings(CRTSettings):
     include_init: bool = Field(True, description="epoch 0 (f = 1: the linear head) is a candidate")
 
 
-@register_method("lws", LWSSettings, summary="learned per-class scales f⊙z_l, class-balanced")
+@register_method(
+    "lws",
+    LWSSettings,
+    summary="learned per-class scales f⊙z_l, class-balanced",
+    fits_on_train=True,
+)
 def fit_lws(
     train: SplitArrays, val: SplitArrays, ctx: FitContext, settings: LWSSettings
 ) -> FnFitted:

@@ -72,7 +72,12 @@ class LLWSettings(NCMSettings):
     )
 
 
-@register_method("llw", LLWSettings, summary="learned per-class logit weights, epoch on val")
+@register_method(
+    "llw",
+    LLWSettings,
+    summary="learned per-class logit weights, epoch on val",
+    fits_on_train=True,
+)
 def fit_llw(
     train: SplitArrays, val: SplitArrays, ctx: FitContext, settings: LLWSettings
 ) -> FnFitted:

@@ -32,6 +32,7 @@ __all__ = [
     "context_of",
     "missing_requirements",
     "available_methods",
+    "uses_train",
     "fit_method",
     "evaluate_fitted",
     "run_defaults",
@@ -102,6 +103,16 @@ def available_methods(cache: FeatureCache) -> list[str]:
         n for n in names if n not in DISPLAY_ORDER
     ]
     return [n for n in ordered if not missing_requirements(cache, n)]
+
+
+def uses_train(name: str, settings: Mapping[str, Any] | None = None) -> bool:
+    """Whether fitting method ``name`` with ``settings`` reads the train split's arrays (a full
+    pass over train): always for methods trained on cached train features (LLW, ASM, cRT, LWS),
+    and for ``memory=full`` (the default) of the methods built on the NCM branch."""
+    spec = FUSION_METHODS.get(name, key="method")
+    if spec.fits_on_train:
+        return True
+    return getattr(parse_settings(name, settings), "memory", None) == "full"
 
 
 def fit_method(

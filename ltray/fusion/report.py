@@ -178,14 +178,19 @@ def log_to_mlflow(run_dir: Path, out_dir: Path, results: Sequence[MethodResult])
 
 
 def save_results(
-    run_dir: Path, results: Sequence[MethodResult], class_counts: np.ndarray
+    run_dir: Path,
+    results: Sequence[MethodResult],
+    class_counts: np.ndarray,
+    *,
+    mlflow: bool = True,
 ) -> tuple[Path, str | None]:
     """Write table, charts and LLW plot into a new ``RUN_DIR/fusion/fuse-*`` folder, then log to
-    MLflow. Returns the folder and an MLflow warning (or None)."""
+    the run's MLflow run (``mlflow``; a sweep's trial is logged by its driver instead). Returns
+    the folder and an MLflow warning (or None)."""
     out_dir = new_run_dir("fuse", parent=run_dir / "fusion")
     write_results(results, out_dir)
     plot_groups(results, out_dir / "groups.png")
     for r in results:
         if r.name == "llw" and "a1" in r.extras:
             plot_llw_weights(r.extras, class_counts, out_dir / "llw_weights.png")
-    return out_dir, log_to_mlflow(run_dir, out_dir, results)
+    return out_dir, log_to_mlflow(run_dir, out_dir, results) if mlflow else None

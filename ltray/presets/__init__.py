@@ -8,12 +8,14 @@ section (see :mod:`ltray.reproduce.options`). ``--config`` takes a preset name o
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ltray.config import Config
+from ltray.config import Config, build_config, load_config, read_yaml
 from ltray.errors import ConfigError
 
 __all__ = [
@@ -23,7 +25,12 @@ __all__ = [
     "resolve_config",
     "read_preset",
     "load_train_config",
+    "expand_env",
 ]
+
+# The data keys a preset may write with environment variables (``${LTRAY_DATA_DIR}/cifar10``).
+_ENV_KEYS = ("root", "train_list", "val_list", "test_list")
+_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
 def _folder() -> Path:
@@ -83,8 +90,6 @@ class PresetFile:
 def read_preset(name_or_path: str) -> PresetFile:
     """Resolve a preset name or a YAML path and read it (``safe_load``), splitting off its
     ``reproduce:`` section. ``$VAR`` in data paths is left for the caller to expand."""
-    from ltray.config import read_yaml
-
     path = resolve_config(name_or_path)
     raw, lines = read_yaml(path)
     plan = raw.pop("reproduce", None)
@@ -100,11 +105,35 @@ def load_train_config(name_or_path: str | None, overrides: list[str] | None = No
     here; ``$VAR`` in its data paths is expanded as `ltray reproduce` does (an unset variable
     is an error naming it, unless an override sets that key).
     """
-    from ltray.config import build_config, load_config
-    from ltray.reproduce.setup import expand_env
-
     if name_or_path is None:
         return load_config(None, overrides)
     preset = read_preset(name_or_path)
     raw = expand_env(preset.raw, name_or_path, list(overrides or []))
     return build_config(raw, source=str(preset.path), lines=preset.lines, overrides=overrides)
+
+
+def expand_env(
+    raw: dict[str, Any], source: str, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Expand ``$VAR``/``${VAR}`` in the data paths; an unset variable is an error naming it
+    (unless an override replaces that key anyway)."""
+    data = raw.get("data") or {}
+    replaced = {o.split("=", 1)[0].strip() for o in overrides or []}
+    problems = []
+    for key in _ENV_KEYS:
+        value = data.get(key)
+        if f"data.{key}" in replaced:
+            continue
+        if not isinstance(value, str) or "$" not in value:
+            continue
+        unset = [v for v in _VAR.findall(value) if v not in os.environ]
+        if unset:
+            problems.append(
+                f"{source}: data.{key}={value!r} uses unset environment variable(s) "
+                f"{', '.join(unset)}; export them or pass data.{key}=PATH"
+            )
+        else:
+            data[key] = os.path.expandvars(value)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return raw

@@ -1,24 +1,32 @@
-"""Run a plan on Ray: every unfinished run as a Ray task, dependencies as object references.
+"""Run a plan on Ray: every unfinished run and post-hoc fit as a Ray task, in priority order.
 
     outcome = execute(plan, out_dir, console=console)
 
 Ray seams, numbered:
-  [1] :func:`execute` starts (or joins) Ray and keeps as many runs in flight as the cluster
-      holds: independent runs share the CPUs/GPUs in parallel; a run that reads another one (OLTR
-      its CE run, the LFME student its experts, the post-hoc fits the CE run) is submitted when
-      that run has finished. Ready work goes in priority order (post-hoc fits, the main table's
-      runs, then the Mixup study), so on a small cluster the main table completes first.
+  [1] :func:`execute` starts (or joins) Ray (:func:`ltray.launch.start_ray`) and keeps as many
+      runs in flight as the cluster holds: independent runs share the CPUs/GPUs in parallel; a
+      run that reads another one (OLTR its CE run, the LFME student its experts, the post-hoc
+      fits the CE run) is submitted when that run has finished. Ready work goes in priority
+      order (post-hoc fits, the main table's runs, then the Mixup study), so on a small cluster
+      the main table completes first.
   [2] :func:`train_task` runs one training run inside a Ray worker: the in-process loop for a
-      single-worker run (no nested Train start-up cost), a nested ``TorchTrainer`` otherwise
-      (the task then holds a ``train_driver`` resource, not a core, as in ``ltray tune``).
+      single-worker run, a nested ``TorchTrainer`` otherwise (the task then holds a
+      ``train_driver`` resource, not a core, as a sweep's trial does: :mod:`ltray.launch`).
   [3] :func:`posthoc_task` fits the post-hoc methods of one seed on its CE run's cache.
 Finished runs (``results.json``) and fitted methods (their JSON) are never submitted again.
+
+Why a queue of its own rather than every task submitted at once with its upstream runs as Ray
+task dependencies: Ray starts a task whose arguments became ready *after* the tasks already
+waiting for a core. Measured with ``python scripts/ray_dependency_order.py`` (Ray 2.60, one
+CPU; submitted: upstream, dependent, four fillers): started ``upstream, filler-0, filler-1,
+filler-2, filler-3, dependent``. With Ray's order, an OLTR run would wait behind every Mixup
+run of every seed (72 for the ``cifar10-lt`` preset) and the main table would be complete
+only at the very end; the queue below submits it as soon as its CE run has finished.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -26,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ltray import launch
 from ltray.config import Config
 from ltray.reproduce.plan import (
     Plan,
@@ -37,8 +46,6 @@ from ltray.reproduce.plan import (
 )
 
 __all__ = ["Outcome", "execute", "train_task", "posthoc_task", "run_one", "fit_posthoc"]
-
-TRAIN_DRIVER = "train_driver"  # same custom resource as ltray.tune.search
 
 
 @dataclass
@@ -54,15 +61,6 @@ class Outcome:
 # ------------------------------------------------------------------------------ [2] one run
 
 
-def _in_process(cfg: Config) -> Config:
-    """A single-worker run as the in-process loop, with as many torch threads as cores held."""
-    train = cfg.train
-    if train.threads is None:
-        train = train.model_copy(update={"threads": max(1, int(cfg.scaling.cpus_per_worker))})
-    scaling = cfg.scaling.model_copy(update={"num_workers": 0})
-    return cfg.model_copy(update={"scaling": scaling, "train": train})
-
-
 def run_one(cfg: Config, run_dir: Path) -> float:
     """Train one run into ``run_dir`` (resuming from its last checkpoint if it has one); returns
     the wall time. A directory left without a checkpoint by an interrupted start is restarted."""
@@ -72,7 +70,7 @@ def run_one(cfg: Config, run_dir: Path) -> float:
     if is_finished(run_dir):
         return 0.0
     if cfg.scaling.num_workers <= 1:
-        cfg = _in_process(cfg)
+        cfg = launch.in_process(cfg)
     if (run_dir / "checkpoints" / "last.pt").is_file():
         train(cfg, resume=run_dir)
     else:
@@ -94,42 +92,13 @@ def train_task(config: dict[str, Any], run_dir: str, log: str, *upstream: Any) -
 # ------------------------------------------------------------------------------ [3] post hoc
 
 
-def _method_settings(method: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Settings of ``method`` with its seed set to the reproduction seed (if it has one)."""
-    from ltray.fusion import FUSION_METHODS
-
-    fields = FUSION_METHODS.get(method).settings.model_fields
-    return {**settings, **({"seed": seed} if "seed" in fields and "seed" not in settings else {})}
-
-
 def fit_posthoc(
     ce_dir: Path, out_dir: Path, seed: int, methods: list[str], settings: dict[str, Any]
 ) -> float:
-    """Fit ``methods`` on the cache of ``ce_dir`` (choices on val) and write one JSON each."""
-    from ltray.fusion import run_method
-    from ltray.fusion.cache import read_cache
-
-    t0 = time.time()
-    cache = read_cache(ce_dir)
-    for method in methods:
-        path = posthoc_path(out_dir, seed, method)
-        if path.is_file():
-            continue
-        res = run_method(cache, method, _method_settings(method, settings.get(method, {}), seed))
-        doc = {
-            "method": method,
-            "seed": seed,
-            "cache": str(ce_dir),
-            "chosen": {k: v for k, v in res.chosen.items() if "history" not in k},
-            "settings": res.settings,
-            "val": res.val.summary(),
-            "test": res.test.summary(),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1, default=float))
-        tmp.replace(path)
-    return time.time() - t0
+    """Fit ``methods`` on the cache of ``ce_dir`` (choices on val) and write one JSON each
+    (``seed-K/posthoc/<method>.json``)."""
+    paths = {m: posthoc_path(out_dir, seed, m) for m in methods}
+    return launch.fit_posthoc(ce_dir, paths, seed=seed, settings=settings)
 
 
 def posthoc_task(
@@ -146,32 +115,6 @@ def _resolved(cfg: Config) -> Config:
     from ltray.resources import cluster_resources, resolve_scaling
 
     return resolve_scaling(cfg, cluster_resources())
-
-
-def _resources(cfg: Config) -> dict[str, Any]:
-    sc = _resolved(cfg).scaling
-    if sc.num_workers > 1:
-        return {"num_cpus": 0, "resources": {TRAIN_DRIVER: 1}}
-    res = sc.worker_resources()
-    return {"num_cpus": res["CPU"], "num_gpus": res.get("GPU", 0)}
-
-
-def _start_ray(plan: Plan, address: str | None, num_cpus: int | None) -> bool:
-    """Start a local Ray (or join ``address``); True when this call started it."""
-    import ray
-
-    from ltray.train.driver import TRAINING_RAY, ray_init
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {}
-    if address in (None, "local"):
-        kwargs["resources"] = {TRAIN_DRIVER: 1000}
-        kwargs["_system_config"] = dict(TRAINING_RAY)
-        if num_cpus:
-            kwargs["num_cpus"] = num_cpus
-    ray_init(address, dashboard=False, **kwargs)
-    return True
 
 
 def _first_line(exc: BaseException) -> str:
@@ -216,7 +159,7 @@ def _jobs(plan: Plan, out_dir: Path) -> list[_Job]:
         cfg = run_config(plan, run, out_dir)
         log = out_dir / "logs" / (run.id.replace("/", "__") + ".log")
         args = (cfg.model_dump(mode="json"), str(out_dir / run.id), str(log))
-        opts = {"name": run.id, **_resources(cfg)}
+        opts = {"name": run.id, **launch.task_options(_resolved(cfg))}
         jobs.append(
             _Job(
                 run.id,
@@ -305,7 +248,7 @@ def execute(
         return outcome
     import ray
 
-    started = _start_ray(plan, address, num_cpus)
+    started = launch.start_ray(address, num_cpus=num_cpus)
     try:
         todo = {r.id for r in pending_runs(plan, out_dir)}
         outcome.skipped = [r.id for r in plan.runs if r.id not in todo]

@@ -9,8 +9,6 @@ step milestones by E / epochs so a short run keeps the schedule's shape.
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +16,10 @@ from pydantic import ValidationError
 
 from ltray.config import Config, build_config
 from ltray.errors import ConfigError
+from ltray.presets import expand_env, read_preset
 from ltray.reproduce.options import ReproduceOptions
 
-__all__ = ["CliOptions", "Reproduction", "load_reproduction", "epoch_overrides", "expand_env"]
-
-_ENV_KEYS = ("root", "train_list", "val_list", "test_list")
-_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+__all__ = ["CliOptions", "Reproduction", "load_reproduction", "epoch_overrides"]
 
 
 @dataclass
@@ -50,33 +46,6 @@ class Reproduction:
     source: str
     cli_overrides: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def expand_env(
-    raw: dict[str, Any], source: str, overrides: list[str] | None = None
-) -> dict[str, Any]:
-    """Expand ``$VAR``/``${VAR}`` in the data paths; an unset variable is an error naming it
-    (unless an override replaces that key anyway)."""
-    data = raw.get("data") or {}
-    replaced = {o.split("=", 1)[0].strip() for o in overrides or []}
-    problems = []
-    for key in _ENV_KEYS:
-        value = data.get(key)
-        if f"data.{key}" in replaced:
-            continue
-        if not isinstance(value, str) or "$" not in value:
-            continue
-        unset = [v for v in _VAR.findall(value) if v not in os.environ]
-        if unset:
-            problems.append(
-                f"{source}: data.{key}={value!r} uses unset environment variable(s) "
-                f"{', '.join(unset)}; export them or pass data.{key}=PATH"
-            )
-        else:
-            data[key] = os.path.expandvars(value)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return raw
 
 
 def epoch_overrides(cfg: Config, epochs: int) -> tuple[list[str], str | None]:
@@ -193,8 +162,6 @@ def load_reproduction(
         ConfigError: unknown preset, bad YAML, unknown keys, bad values, unset required paths —
             every problem of one kind at once, before anything starts.
     """
-    from ltray.presets import read_preset
-
     cli = cli or CliOptions()
     preset = read_preset(config or "quick")
     path, source, lines = preset.path, preset.source, preset.lines

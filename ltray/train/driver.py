@@ -99,8 +99,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         deprioritize_ray_helpers()  # this run's Ray instance is ours: see ltray.train.priority
     resume = Path(config["resume_from"]) if config.get("resume_from") else None
     store = config.get("store")
+    hook = config.get("epoch_hook")
     if store is None:
-        run_training(cfg, Path(config["run_dir"]), RayTrainContext(), resume_from=resume)
+        run_training(
+            cfg, Path(config["run_dir"]), RayTrainContext(), resume_from=resume, epoch_hook=hook
+        )
         return
     # The run directory lives on a remote storage (a trial of `ltray tune --storage s3://…`):
     # every rank works in a scratch folder of its own node; rank 0 starts from what the run
@@ -113,7 +116,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sync = FolderSync(run_dir, store)
     if ctx.rank == 0:
         sync.pull(skip=("ray",))
-    run_training(cfg, run_dir, SyncingContext(ctx, sync), resume_from=resume)
+    run_training(cfg, run_dir, SyncingContext(ctx, sync), resume_from=resume, epoch_hook=hook)
     if ctx.rank == 0:
         sync.push(skip=("ray",))
     import shutil
@@ -203,6 +206,7 @@ def make_trainer(
     own_cluster: bool = False,
     store: Any = None,
     scratch: tuple[str, ...] = (),
+    epoch_hook: Any = None,
 ) -> Any:
     """[2] The trainer running :func:`train_loop_per_worker` with ``cfg.scaling`` (whose
     ``use_gpu`` must be resolved); Ray's checkpoints go to ``run_dir/ray/<name>``.
@@ -212,6 +216,7 @@ def make_trainer(
     ``store``: the run directory is this :class:`~ltray.storage.Storage` folder (a remote
     sweep's trial): Ray's checkpoints go to its ``ray/<name>`` through its filesystem and the
     workers train in node scratch folders named by ``scratch``, rank 0 uploading to it.
+    ``epoch_hook``: rank 0's :data:`~ltray.train.evaluate.EpochHook` (pickled to the workers).
     """
     import ray.train
 
@@ -235,6 +240,7 @@ def make_trainer(
             "own_cluster": own_cluster,
             "store": store,
             "scratch": list(scratch),
+            "epoch_hook": epoch_hook,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers,

@@ -7,7 +7,9 @@ with a full-pass memory over the train split, eval transforms), ``kt`` (the KT h
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from ltray.fusion.base import FitContext
 from ltray.fusion.cache import SplitArrays
 from ltray.metrics import HeadMetrics, evaluate_logits
 from ltray.models import LTNet, class_sums, ncm_logits, normalize
@@ -28,6 +31,9 @@ __all__ = [
     "head_logits",
     "evaluate_heads",
     "flat_metrics",
+    "head_params",
+    "EpochArrays",
+    "EpochHook",
 ]
 
 HEADS = ("linear", "ncm_ema", "ncm_full", "kt")
@@ -177,3 +183,50 @@ def flat_metrics(prefix: str, metrics: dict[str, HeadMetrics]) -> dict[str, Any]
             if value is not None:
                 flat[f"{prefix}_{head}_{key}"] = float(value)
     return flat
+
+
+def head_params(net: Any) -> dict[str, np.ndarray]:
+    """What the post-hoc stage may read of a network besides its outputs: the linear head
+    (``linear_weight`` [C, d], ``linear_bias`` [C]), the KT head (``kt_weight``, ``kt_bias``)
+    and the EMA memory once built (``memory_ema`` [C, d], ``memory_ema_valid`` [C])."""
+
+    def host(t: torch.Tensor) -> np.ndarray:
+        return t.detach().float().cpu().numpy()
+
+    params = {"linear_weight": host(net.linear.weight), "linear_bias": host(net.linear.bias)}
+    kt_head = getattr(net, "kt_head", None)
+    if kt_head is not None:
+        params["kt_weight"] = host(kt_head.weight)
+        params["kt_bias"] = host(kt_head.bias)
+    memory = getattr(net, "memory", None)
+    if memory is not None and bool(memory.initialized):
+        params["memory_ema"] = host(memory.means)
+        params["memory_ema_valid"] = host(memory.valid)
+    return params
+
+
+@dataclass
+class EpochArrays:
+    """What an epoch hook of the loop sees at an evaluated epoch (rank 0): the val arrays of
+    this epoch's weights (or, at the last epoch, of the best checkpoint's, as the cache holds
+    them), the heads' val metrics, the fit context (train class counts, groups, head
+    parameters), and the train arrays on demand (:meth:`train`: one pass over train, made only
+    when asked). Never the test split."""
+
+    epoch: int  # 1-based
+    last: bool
+    run_dir: Path
+    val: SplitArrays
+    heads: dict[str, HeadMetrics]
+    context: FitContext
+    train_pass: Callable[[], SplitArrays]
+    _train: SplitArrays | None = field(default=None, repr=False)
+
+    def train(self) -> SplitArrays:
+        if self._train is None:
+            self._train = self.train_pass()
+        return self._train
+
+
+# An epoch hook returns metrics to add to the epoch's report (before it is written and sent).
+EpochHook = Callable[[EpochArrays], dict[str, Any]]

@@ -32,16 +32,21 @@ from torch import nn
 
 from ltray.config import Config, config_hash
 from ltray.data import LTData, make_loader, prepare_data, shard_loader
+from ltray.fusion.base import FitContext
+from ltray.metrics import HeadMetrics
 from ltray.models import LTNet
 from ltray.train import rundir
 from ltray.train.catalog import get_method
 from ltray.train.context import LoopContext
 from ltray.train.evaluate import (
+    EpochArrays,
+    EpochHook,
     evaluate_heads,
     extract,
     flat_metrics,
     full_pass_sums,
     head_logits,
+    head_params,
     to_device,
 )
 from ltray.train.methods import StepContext
@@ -130,11 +135,15 @@ def run_training(
     *,
     resume_from: Path | None = None,
     finalize: bool = True,
+    epoch_hook: EpochHook | None = None,
 ) -> dict[str, Any] | None:
     """Train per ``cfg``, writing checkpoints and metrics into ``run_dir`` (rank 0).
 
     Resumes from the newest of ``ctx.restored_state()`` (a restarted worker group),
     ``resume_from`` (a stopped run) and the run's own ``last.pt`` (:func:`_resume_state`).
+    ``epoch_hook`` (rank 0, evaluated epochs) adds metrics to each report from the epoch's val
+    arrays (:class:`~ltray.train.evaluate.EpochArrays`; at the last epoch the best checkpoint's,
+    as the cache holds them): a two-level sweep scores the post-hoc stage there.
     Returns the final results on rank 0 (``None`` elsewhere or without ``finalize``).
     """
     t_enter = time.time()
@@ -253,6 +262,44 @@ def run_training(
         (run_dir / "timing.json").write_text(json.dumps(timing))
         return out
 
+    def _epoch_arrays(epoch: int, final: bool) -> EpochArrays:
+        """This epoch's arrays for ``epoch_hook``; at the end, the best checkpoint's (the
+        cache ``_finish`` wrote), so the hook scores the model the run leaves behind."""
+        from ltray.fusion.cache import read_cache
+        from ltray.fusion.methods import context_of
+
+        if final:
+            cache = read_cache(run_dir)
+            assert results is not None
+            scored = {h: HeadMetrics(**r["val"]) for h, r in results["heads"].items()}
+            return EpochArrays(
+                epoch + 1, True, run_dir, cache.val, scored, context_of(cache), lambda: cache.train
+            )
+        context = FitContext(
+            num_classes=data.num_classes,
+            class_counts=np.asarray(data.class_counts),
+            groups=np.asarray(data.groups),
+            params=head_params(net),
+        )
+        plain_train = make_loader(
+            data,
+            "train",
+            batch_size=cfg.data.eval_batch_size,
+            augment=False,
+            shuffle=False,
+            num_workers=cfg.data.loader_workers,
+            device=device,
+        )
+        return EpochArrays(
+            epoch + 1,
+            False,
+            run_dir,
+            last_val[1],
+            heads,
+            context,
+            lambda: extract(net, plain_train, device, channels_last=cl),
+        )
+
     for epoch in range(start_epoch, cfg.train.epochs):
         seed_everything(_epoch_seed(cfg, epoch, rank))
         gen = torch.Generator().manual_seed(_epoch_seed(cfg, epoch, rank))
@@ -319,6 +366,7 @@ def run_training(
             "images_per_s": seen * world / max(train_time, 1e-9),
             "epoch_time_s": train_time,
         }
+        heads = None
         if evaluate and is_main:
             val = extract(net, val_loader, device, channels_last=cl)
             last_val = (epoch, val)
@@ -357,12 +405,16 @@ def run_training(
                 },
                 is_best=bool(metrics.get("is_best")),
             )
+            if last and finalize:
+                # Before the last report: a scheduler (ASHA with a rung at the last epoch) may
+                # stop the trial on that report, and the results must exist by then.
+                results = _finish()
+            if epoch_hook is not None and heads is not None:
+                t_hook = time.time()
+                metrics.update(epoch_hook(_epoch_arrays(epoch, last and finalize)))
+                metrics["hook_time_s"] = time.time() - t_hook
             rundir.append_metrics(run_dir, metrics)
             print(rundir.progress_line(metrics, cfg), flush=True)
-        if epoch == cfg.train.epochs - 1 and finalize and is_main:
-            # Before the last report: a scheduler (ASHA with a rung at the last epoch) may stop
-            # the trial on that report, and the results must exist by then.
-            results = _finish()
         ctx.report(metrics, ckpt_path)
 
     if not (finalize and is_main):

@@ -29,6 +29,7 @@ import torch
 from ltray.config import Config, config_hash
 from ltray.fusion.cache import SplitArrays, write_meta, write_split
 from ltray.metrics import GROUP_NAMES, HeadMetrics
+from ltray.train.evaluate import head_params
 from ltray.train.tables import render_table, results_table
 
 __all__ = [
@@ -143,17 +144,7 @@ def write_cache(
     h = config_hash(cfg)
     for split, arrays in splits.items():
         write_split(cache_dir, split, arrays, config_hash=h)
-    params = {
-        "linear_weight": net.linear.weight.detach().float().cpu().numpy(),
-        "linear_bias": net.linear.bias.detach().float().cpu().numpy(),
-    }
-    kt_head = getattr(net, "kt_head", None)
-    if kt_head is not None:  # the KT head's weights and bias, beside the linear head's
-        params["kt_weight"] = kt_head.weight.detach().float().cpu().numpy()
-        params["kt_bias"] = kt_head.bias.detach().float().cpu().numpy()
-    if net.memory is not None and bool(net.memory.initialized):
-        params["memory_ema"] = net.memory.means.detach().float().cpu().numpy()
-        params["memory_ema_valid"] = net.memory.valid.detach().float().cpu().numpy()
+    params = head_params(net)
     write_meta(
         cache_dir,
         config_hash=h,

@@ -28,7 +28,7 @@ from ltray.tracking import (
     start_run,
 )
 
-__all__ = ["MlflowSweepCallback", "trial_metrics"]
+__all__ = ["MlflowSweepCallback", "trial_metrics", "log_best_model"]
 
 
 def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -52,8 +52,12 @@ class MlflowSweepCallback(Callback):
         sweep_dir: str,
         base_params: dict[str, str],
         from_run: str | None = None,
+        unpack: str | None = None,
     ) -> None:
-        """``from_run``: the cached run a post-hoc sweep fits (its trials train nothing)."""
+        """``from_run``: the cached run a post-hoc sweep fits (its trials train nothing);
+        ``unpack``: a key of the trial config holding a dict of sampled values (a confirmation's
+        ``cand``), logged as params of their own."""
+        self.unpack = unpack
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
@@ -94,7 +98,11 @@ class MlflowSweepCallback(Callback):
     def _run_id(self, trial: Any) -> str:
         runs = self._runs()
         if trial.trial_id not in runs:
-            searched = {k: v for k, v in trial.config.items() if not k.startswith("__")}
+            config = dict(trial.config)
+            unpack = getattr(self, "unpack", None)
+            if unpack and isinstance(config.get(unpack), dict):
+                config.update(config.pop(unpack))
+            searched = {k: v for k, v in config.items() if not k.startswith("__")}
             run_id = start_run(
                 self.client,
                 self.experiment,
@@ -156,3 +164,48 @@ class MlflowSweepCallback(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.client.flush()
+
+
+def log_best_model(
+    client: Any, sweep_dir: Path, parent: str, best: dict[str, Any], *, register: str | None
+) -> None:
+    """The best trial's network as an MLflow model in its child run (logged when the trial
+    ended, else now; a post-hoc sweep's trials have none), shown as the parent run's model too;
+    the parent run's ``ltray.best_model`` tag points at it; with ``register``, it becomes a new
+    version of that registered model."""
+    from ltray.storage import local_copy
+    from ltray.tracking import LoggedModel, log_run_model, read_run_link, register_model
+
+    runs_path = sweep_dir / "mlflow_runs.json"
+    if not best.get("trial_id") or not runs_path.is_file():
+        return
+    child = json.loads(runs_path.read_text()).get(best["trial_id"])
+    if not child:
+        return
+    trial_dir = Path(best.get("dir") or "")
+    if not (trial_dir / "checkpoints" / "best.pt").is_file():
+        # A remote sweep's trial is fetched whole (checkpoint and cache) into the driver's mirror.
+        trial_dir = local_copy(sweep_dir, f"trials/{best['trial_id']}", recursive=True)
+    if not (trial_dir / "checkpoints" / "best.pt").is_file():
+        return
+    link = read_run_link(trial_dir) or {}
+    if link.get("model_uri") and link.get("run_id") == client.resolve(child):
+        model: LoggedModel | None = LoggedModel(link["model_uri"], link.get("model_id"))
+    else:
+        model = log_run_model(client, child, trial_dir)
+    if model is None:
+        return
+    client.set_tag(parent, "ltray.best_model", model.uri)
+    if model.model_id:
+        client.link_model(parent, model.model_id)
+    if register:
+        import warnings
+
+        try:
+            version = register_model(model.uri, register, tracking_uri=client.tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - the sweep's results are kept regardless
+            warnings.warn(
+                f"--register {register}: {model.uri} not registered ({exc})", stacklevel=2
+            )
+            return
+        client.set_tag(parent, "ltray.registered_model", version)

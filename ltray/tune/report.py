@@ -13,99 +13,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ltray.errors import RunDirError
-from ltray.paths import sweeps_dir
-from ltray.storage import Storage, is_uri
-from ltray.train.rundir import parse_metrics
+from ltray.storage import Storage
+from ltray.tune.folder import collect_trials, rank_trials
+from ltray.tune.plan import asha_rungs
+from ltray.tune.space import SearchSettings
 
 __all__ = [
-    "find_sweep",
-    "collect_trials",
-    "rank_trials",
     "pareto_front",
     "choice_effects",
     "report_tables",
     "pareto_plot",
     "curves_plot",
-    "DRIVER_FILES",
+    "importance_plot",
 ]
-
-# What the sweep's driver keeps in its own folder (MLflow's trial → run map, logged epochs,
-# the spool of calls MLflow could not take): a remote sweep's are uploaded at its end.
-DRIVER_FILES = (
-    "mlflow_runs.json",
-    "mlflow_steps.json",
-    "mlflow_spool.jsonl",
-    "mlflow_spool.jsonl.ids.json",
-)
-
-
-def find_sweep(sweep: str | Path | Storage) -> Storage:
-    """A sweep folder from a path or URI (the sweep, its ``ltray/`` folder) or a name under
-    the default storage."""
-    if isinstance(sweep, Storage):
-        cands = [sweep, sweep / "ltray"]
-    elif is_uri(sweep):
-        top = Storage.at(sweep)
-        cands = [top, top / "ltray"]
-    else:
-        cands = [Storage.at(p) for p in (sweep, Path(sweep) / "ltray")]
-        cands.append(Storage.at(sweeps_dir() / str(sweep) / "ltray"))
-    for cand in cands:
-        if (cand / "sweep.json").is_file():
-            return cand
-    raise RunDirError(
-        f"{sweep}: no sweep found (looked for sweep.json in {', '.join(map(str, cands))}); "
-        "pass the folder `ltray tune` printed"
-    )
-
-
-def _best(values: list[float], mode: str) -> float:
-    return max(values) if mode == "max" else min(values)
-
-
-def collect_trials(
-    sweep_dir: Path | Storage, metrics: list[str], modes: list[str]
-) -> list[dict[str, Any]]:
-    """One record per trial: params, epochs reported, the best value of each metric over its
-    epochs, and the test metrics of its best-val checkpoint when it finished."""
-    out = []
-    for trial_dir in (Storage.at(sweep_dir) / "trials").children():
-        info = (trial_dir / "trial.json").read_json(missing_ok=True)
-        if info is None:
-            continue
-        records = parse_metrics((trial_dir / "metrics.jsonl").read_text(missing_ok=True) or "")
-        best: dict[str, float] = {}
-        curve = {
-            int(r["epoch"]): float(r[metrics[0]])
-            for r in records
-            if isinstance(r.get(metrics[0]), (int, float)) and "epoch" in r
-        }
-        for metric, mode in zip(metrics, modes, strict=True):
-            vals = [float(r[metric]) for r in records if isinstance(r.get(metric), (int, float))]
-            if vals:
-                best[metric] = _best(vals, mode)
-        results = (trial_dir / "results.json").read_json(missing_ok=True)
-        out.append(
-            {
-                "trial_id": info["trial_id"],
-                "params": info["params"],
-                "epochs": len(records),
-                "metrics": best,
-                "curve": curve,  # epoch -> the first metric's value at that epoch
-                "last": records[-1] if records else {},
-                "finished": results is not None
-                or bool(records and "test_fused_overall" in records[-1]),
-                "results": results,
-                "dir": str(trial_dir),
-            }
-        )
-    return out
-
-
-def rank_trials(trials: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
-    scored = [t for t in trials if metric in t["metrics"]]
-    return sorted(scored, key=lambda t: t["metrics"][metric], reverse=mode == "max")
 
 
 def pareto_front(
@@ -246,7 +166,8 @@ def report_tables(
         "num_trials": len(trials),
         "ranked": [{k: t[k] for k in ("trial_id", "params", "metrics", "epochs")} for t in ranked],
     }
-    tables = [board, test]
+    tables = [*_confirm_tables(sweep_dir, summary), board, test]
+    tables += _cut_tables(state, trials, summary)
     effects = choice_effects(trials, epochs)
     summary["choices"] = effects
     if effects["rows"]:
@@ -277,6 +198,116 @@ def report_tables(
             pt.add_row(t["trial_id"], *[_pct(t["metrics"][m]) for m in metrics])
         tables.append(pt)
     return tables, summary
+
+
+def _confirm_tables(sweep_dir: Storage, summary: dict[str, Any]) -> list[Any]:
+    """The sweep's confirmations over seeds (``confirm/``, ``confirm-<metric>/``): shown first,
+    they are the answer a search gives."""
+    from ltray.tune.confirm import confirm_table, format_confirm
+
+    out = []
+    for child in sweep_dir.children():
+        if not child.name.startswith("confirm"):
+            continue
+        table = confirm_table(sweep_dir, child.name)
+        if table is not None:
+            summary.setdefault("confirm", {})[child.name] = table
+            out.append(format_confirm(table))
+    return out
+
+
+def _cut_tables(state: dict[str, Any], trials: list[dict[str, Any]], summary: dict) -> list:
+    """Whether ASHA's cuts ranked trials as their last epochs do (Spearman ρ per cut), the
+    grace period that would have kept the final best trials, and Optuna's importances."""
+    from rich.table import Table
+
+    from ltray.tune.analysis import grace_advice, importances, rung_correlations
+
+    if state.get("kind") == "posthoc":
+        return []
+    last = int(state["base"]["train"]["epochs"])
+    mode = state["mode"][0]
+    rungs = [r for r in _sweep_rungs(state) if r < last]
+    factor = int((state.get("asha") or {}).get("reduction_factor", 2))
+    out = []
+    corr = rung_correlations(trials, last, rungs or None)
+    advice = grace_advice(trials, last, factor, mode)
+    summary["cuts"] = {"correlations": corr, "grace": advice}
+    shown = [r for r in corr if r["n"]]
+    if shown:
+        t = Table(
+            title=f"{state['metric'][0]}: rank correlation of each "
+            f"{'cut' if rungs else 'epoch'} with epoch {last}",
+            caption=f"Spearman ρ over the trials that reached both; advice: grace "
+            f"{advice['advice'] if advice['advice'] is not None else '— (too few finished)'} "
+            f"(reduction factor {factor}) is the smallest that keeps the final best trial "
+            f"{', '.join(advice['top']) or '—'}",
+        )
+        for col in ("epoch", "trials", "ρ", "keeps the final best"):
+            t.add_column(col, justify="right")
+        keeps = {r["grace"]: r["keeps_top"] for r in advice["rows"]}
+        for r in shown:
+            rho = "—" if r["rho"] is None else f"{r['rho']:+.2f}"
+            keep = keeps.get(r["epoch"])
+            t.add_row(str(r["epoch"]), str(r["n"]), rho, "—" if keep is None else str(keep))
+        out.append(t)
+    space = _space_params(state)
+    if space:
+        imp = importances(trials, space, last, mode)
+        summary["importances"] = imp
+        t = Table(
+            title=f"what mattered: Optuna fANOVA importances of {state['metric'][0]} at epoch "
+            f"{last} ({imp['n']} trials that ran every epoch)",
+            caption=imp.get("why", ""),
+        )
+        t.add_column("parameter")
+        t.add_column("importance", justify="right")
+        for k, v in imp["importances"].items():
+            t.add_row(k, f"{v:.2f}")
+        out.append(t)
+    return out
+
+
+def _space_params(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The searched keys' domains: saved with the sweep, or read from its space file."""
+    if "space" in state:
+        return dict(state["space"])
+    path = Path(state.get("space_file", ""))
+    if not path.is_file():
+        return {}
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in (raw.get("space") or {}).items() if isinstance(v, dict)}
+
+
+def importance_plot(sweep_dir: Path | Storage, path: Path | Storage) -> Path | Storage | None:
+    """A bar per searched key: its share of the metric's variance (Optuna's fANOVA on the
+    trials that ran every epoch). None when there are too few such trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ltray.tune.analysis import importances
+
+    sweep_dir = Storage.at(sweep_dir)
+    state = (sweep_dir / "sweep.json").read_json()
+    space = _space_params(state)
+    if state.get("kind") == "posthoc" or not space:
+        return None
+    trials = collect_trials(sweep_dir, state["metric"][:1], state["mode"][:1])
+    imp = importances(trials, space, int(state["base"]["train"]["epochs"]), state["mode"][0])
+    if not imp["importances"]:
+        return None
+    names = list(imp["importances"])[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
+    ax.barh(names, [imp["importances"][k] for k in names], color="C0")
+    ax.set_xlabel("importance (share of variance, fANOVA)")
+    ax.set_title(f"{state['metric'][0]}: {imp['n']} trials that ran every epoch", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save_figure(fig, path)
 
 
 def _mean_std(cell: dict[str, Any]) -> str:
@@ -364,9 +395,6 @@ def _sweep_rungs(state: dict[str, Any]) -> list[int]:
         return []
     import yaml
     from pydantic import ValidationError
-
-    from ltray.tune.search import asha_rungs
-    from ltray.tune.space import SearchSettings
 
     try:  # the space file's search section, its defaults from the same model as a sweep's
         raw = (yaml.safe_load(space_file.read_text()) or {}).get("search", {})

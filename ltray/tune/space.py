@@ -47,9 +47,21 @@ from ltray.config import (
     read_yaml,
 )
 from ltray.errors import ConfigError, SpaceError
+from ltray.tune.scoring import is_posthoc_metric
 from ltray.validate import config_problems, metric_problems
 
-__all__ = ["Param", "SearchSettings", "SpaceFile", "Space", "load_space", "to_tune", "POSTHOC"]
+__all__ = [
+    "Param",
+    "SearchSettings",
+    "SpaceFile",
+    "Space",
+    "load_space",
+    "to_tune",
+    "POSTHOC",
+    "space_names",
+    "resolve_space",
+    "shipped_spaces",
+]
 
 POSTHOC = "posthoc"
 
@@ -71,6 +83,8 @@ class Param(_Strict):
 
 
 class SearchSettings(_Strict):
+    """The ``search:`` section; ``ltray tune``'s flags of the same names override it."""
+
     metric: str | list[str] = "val_kt_overall"
     mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
     num_samples: int = Field(8, ge=1)
@@ -80,6 +94,15 @@ class SearchSettings(_Strict):
     reduction_factor: int = Field(2, ge=2)
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = 0
+    posthoc: list[str] | dict[str, dict[str, Any] | None] = Field(
+        default_factory=list,
+        description="post-hoc methods every trial fits on its own train/val arrays and reports "
+        "as val_posthoc_<method>_<group> (and val_best_<group>): the two-level search",
+    )
+    confirm: int = Field(
+        0, ge=0, description="re-run the top N configurations over `seeds` training seeds"
+    )
+    seeds: int = Field(3, ge=1, description="training seeds of each confirmed configuration")
 
 
 class SpaceFile(_Strict):
@@ -96,12 +119,19 @@ _SECTIONS: dict[str, type[BaseModel]] = {"search": SearchSettings, "scaling": Sc
 
 
 class Space:
-    """A validated space: the file's content plus the resolved base :class:`Config`."""
+    """A validated space: the file's content plus the resolved base :class:`Config`. Treated as
+    a value: :meth:`with_base` and :meth:`with_search` return new spaces."""
 
     def __init__(self, path: Path, spec: SpaceFile, base: Config) -> None:
         self.path = path
         self.spec = spec
         self.base = base
+
+    def with_base(self, base: Config) -> Space:
+        return Space(self.path, self.spec, base)
+
+    def with_search(self, search: SearchSettings) -> Space:
+        return Space(self.path, self.spec.model_copy(update={"search": search}), self.base)
 
     @property
     def name(self) -> str:
@@ -221,10 +251,56 @@ def _validate_file(
     return None, raw
 
 
+def _shipped_folder() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("ltray.spaces")))
+
+
+def space_names() -> list[str]:
+    """Names of the shipped search spaces, sorted (``asm``, ``kt``, ``llw``...)."""
+    return sorted(p.stem for p in _shipped_folder().glob("*.yaml"))
+
+
+def resolve_space(name_or_path: str | Path) -> Path:
+    """A space file from a path, or a shipped space's name (``kt`` or ``kt.yaml``).
+
+    An existing file wins; a bare name that is not a file (no folder in it) names a shipped
+    space; anything else is a missing file, reported with the shipped names.
+    """
+    text = str(name_or_path)
+    candidate = Path(text).expanduser()
+    if candidate.is_file():
+        return candidate
+    if "/" not in text and "\\" not in text:
+        stem = text[: -len(".yaml")] if text.endswith(".yaml") else text
+        shipped = _shipped_folder() / f"{stem}.yaml"
+        if shipped.is_file():
+            return shipped
+    raise SpaceError(
+        f"--space {text}: no such file and no shipped space of that name; shipped spaces: "
+        f"{', '.join(space_names())} (`ltray tune --list`), or pass the path of a YAML file"
+    )
+
+
+def shipped_spaces() -> list[tuple[str, str, str]]:
+    """(name, kind, first comment line) of every shipped space, for ``ltray tune --list``."""
+    import yaml
+
+    out = []
+    for name in space_names():
+        path = _shipped_folder() / f"{name}.yaml"
+        text = path.read_text()
+        first = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.strip()), "")
+        kind = (yaml.safe_load(text) or {}).get("kind", "train")
+        out.append((name, str(kind), first))
+    return out
+
+
 def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
-    """Read and validate a space file (``overrides`` apply to its base config); every problem
-    in one :class:`SpaceError`. Nothing is started."""
-    p = Path(path)
+    """Read and validate a space file or a shipped space's name (``overrides`` apply to its
+    base config); every problem in one :class:`SpaceError`. Nothing is started."""
+    p = resolve_space(path)
     try:
         raw, lines = read_yaml(p)
     except ConfigError as exc:
@@ -298,9 +374,20 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
                 problems += [line_of(key) + s for s in _value_problems(key, param, check)]
     else:
         keys = known_keys()
-        metrics = (
+        all_metrics = (
             spec.search.metric if isinstance(spec.search.metric, list) else [spec.search.metric]
         )
+        if spec.search.posthoc or any(is_posthoc_metric(m) for m in all_metrics):
+            from ltray.tune.scoring import posthoc_problems
+
+            memory = base.memory.enabled if base is not None else True
+            problems += [
+                f"{p}: {x}"
+                for x in posthoc_problems(spec.search.posthoc, all_metrics, memory=memory)
+            ]
+        # The heads' metrics are checked as `ltray train` checks them; the post-hoc stage's
+        # (val_posthoc_*, val_best_*) just above.
+        metrics = [m for m in all_metrics if not is_posthoc_metric(m)]
         # The pass `ltray train` runs, on the base and on the metric the sweep selects on.
         config_found = config_problems(base) if base is not None else []
         metric_found = metric_problems(base, metrics) if base is not None else []
@@ -331,6 +418,11 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
 
     s = spec.search
     metrics = s.metric if isinstance(s.metric, list) else [s.metric]
+    if spec.kind == POSTHOC and s.posthoc:
+        problems.append(
+            f"{p}: search.posthoc: a post-hoc space's trials are post-hoc fits already; "
+            "search.posthoc belongs to train spaces"
+        )
     if spec.kind == POSTHOC and base is not None:
         problems += metric_problems(base, metrics, kind=POSTHOC)
     if isinstance(s.mode, list) and len(s.mode) != len(metrics):

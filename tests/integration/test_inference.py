@@ -214,7 +214,7 @@ def test_best_trial_model_is_logged_and_registered(tracked_run: dict, tmp_path: 
     """The end of a sweep: the best trial's model goes to its child run and, with --register,
     to the model registry (the tracked run stands in for the best trial)."""
     from ltray.tracking import SpoolingClient
-    from ltray.tune.search import _log_best_model
+    from ltray.tune.mlflow_callback import log_best_model as _log_best_model
 
     uri, run_dir = tracked_run["uri"], tracked_run["run_dir"]
     client = SpoolingClient(uri, tmp_path / "spool.jsonl")

@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 
 from ltray.errors import ConfigError
-from ltray.tune.search import (
-    SweepOptions,
-    _asha_state,
-    _tune_config,
-    asha_rungs,
-    check_sweep,
-    plan,
-)
+from ltray.tune.plan import SweepOptions, asha_rungs, asha_state, check_sweep, plan, sweep_space
 from ltray.tune.space import load_space
+from ltray.tune.sweep import _tune_config
+
+
+def _asha_state(space, opts: SweepOptions):
+    return asha_state(sweep_space(space, opts))
+
+
+def _plan(space, opts: SweepOptions):
+    return plan(sweep_space(space, opts), opts)
+
 
 KT = Path(__file__).resolve().parents[2] / "search_spaces" / "kt.yaml"
 
@@ -30,37 +33,42 @@ def _rungs(tune_config) -> list[int]:
 )
 def test_rungs_shown_are_the_schedulers(epochs: int, grace: int, factor: int) -> None:
     space = load_space(KT, [f"train.epochs={epochs}"])
-    opts = SweepOptions(grace_period=grace, reduction_factor=factor)
+    opts = SweepOptions(search={"grace_period": grace, "reduction_factor": factor})
     asha = _asha_state(space, opts)
     assert asha == {"grace_period": grace, "reduction_factor": factor, "rungs": asha["rungs"]}
     assert _rungs(_tune_config(space, 4, 2, asha)) == asha_rungs(epochs, grace, factor)
     assert asha["rungs"] == asha_rungs(epochs, grace, factor)
-    text = plan(space, opts)["scheduler"]
+    text = _plan(space, opts)["scheduler"]
     assert f"grace {grace}, reduction factor {factor}" in text
     assert ", ".join(map(str, asha_rungs(epochs, grace, factor))) in text
 
 
 def test_the_command_line_wins_over_the_space_file() -> None:
     space = load_space(KT, ["train.epochs=30"])  # the file: grace 2, factor 2
-    assert "stops trials at epochs 2, 4, 8, 16 of 30" in plan(space, SweepOptions())["scheduler"]
-    assert "epochs 8, 16 of 30" in plan(space, SweepOptions(grace_period=8))["scheduler"]
+    assert "stops trials at epochs 2, 4, 8, 16 of 30" in _plan(space, SweepOptions())["scheduler"]
+    assert (
+        "epochs 8, 16 of 30" in _plan(space, SweepOptions(search={"grace_period": 8}))["scheduler"]
+    )
 
 
 def test_a_grace_past_the_last_epoch_stops_nothing() -> None:
     space = load_space(KT, ["train.epochs=6"])
     assert asha_rungs(6, 10, 2) == []
-    opts = SweepOptions(grace_period=10)
+    opts = SweepOptions(search={"grace_period": 10})
     assert _asha_state(space, opts) is None
     assert _tune_config(space, 4, 2, _asha_state(space, opts)).scheduler is None
-    assert plan(space, opts)["scheduler"].startswith("none: the grace period 10 is past")
+    assert _plan(space, opts)["scheduler"].startswith("none: the grace period 10 is past")
 
 
 @pytest.mark.parametrize(
     ("opts", "expected"),
     [
-        (SweepOptions(grace_period=0), "--grace-period 0: must be >= 1"),
-        (SweepOptions(reduction_factor=1), "--reduction-factor 1: must be >= 2"),
-        (SweepOptions(resume=True, grace_period=8), "--resume keeps the sweep's ASHA settings"),
+        (SweepOptions(search={"grace_period": 0}), "--grace-period 0: must be >= 1"),
+        (SweepOptions(search={"reduction_factor": 1}), "--reduction-factor 1: must be >= 2"),
+        (
+            SweepOptions(resume=True, search={"grace_period": 8}),
+            "--resume keeps the sweep's ASHA settings",
+        ),
     ],
 )
 def test_bad_asha_options_are_refused_before_ray(opts: SweepOptions, expected: str) -> None:
@@ -91,7 +99,7 @@ def test_only_sweeps_of_nested_train_trials_start_the_dashboard(
     in-process trial has none, and the dashboard is a service that can fail to start under
     load."""
     import ltray.train.driver as driver
-    from ltray.tune.search import run_sweep
+    from ltray.tune.sweep import run_sweep
 
     seen = {}
 

@@ -6,8 +6,9 @@ import pytest
 
 from ltray.config import load_config
 from ltray.errors import ConfigError
+from ltray.launch import TRAIN_DRIVER
 from ltray.resources import check_fits, local_resources, resolve_scaling, run_request
-from ltray.tune.search import TRAIN_DRIVER, trial_resources
+from ltray.tune.sweep import trial_resources
 
 
 def test_auto_gpu_follows_what_is_there() -> None:
@@ -35,8 +36,9 @@ def test_four_packed_trials_share_one_gpu() -> None:
 
 
 def test_a_packed_sweep_asks_ray_for_a_quarter_gpu(tmp_path) -> None:
-    from ltray.tune.search import SweepOptions, _trainable, sweep_paths
+    from ltray.tune.folder import sweep_paths
     from ltray.tune.space import load_space
+    from ltray.tune.sweep import _trainable
 
     space_file = tmp_path / "s.yaml"
     space_file.write_text(
@@ -45,7 +47,7 @@ def test_a_packed_sweep_asks_ray_for_a_quarter_gpu(tmp_path) -> None:
         "scaling: {gpus_per_worker: 0.25, use_gpu: true}\n"
     )
     space = load_space(space_file, [])
-    where = sweep_paths(space, SweepOptions(storage=str(tmp_path), name="packed"))
+    where = sweep_paths("packed", str(tmp_path))
     trainable = _trainable(space, where, None, None)
     # What tune.with_resources attached, i.e. what Tune's scheduler reserves per trial.
     assert trainable._resources.bundles == [{"CPU": 1.0, "GPU": 0.25}]

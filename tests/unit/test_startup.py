@@ -189,11 +189,11 @@ def test_reproduce_starts_a_ray_whose_training_workers_are_not_niced(monkeypatch
     import ray
 
     import ltray.train.driver as driver
-    from ltray.reproduce.runner import _start_ray
+    from ltray.launch import start_ray
 
     seen: dict = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(driver, "ray_init", lambda address, **kw: seen.update(kw))
-    assert _start_ray(None, None, 3) is True
+    assert start_ray(None, num_cpus=3) is True
     assert seen["_system_config"]["worker_niceness"] == 0
     assert seen["num_cpus"] == 3

@@ -16,7 +16,7 @@ import pytest
 from ltray.errors import ConfigError
 from ltray.paths import ltray_home
 from ltray.storage import FolderSync, Storage, driver_folder, local_copy, pull_files, push_files
-from ltray.tune.report import collect_trials, find_sweep
+from ltray.tune.folder import collect_trials, find_sweep
 
 
 def _tree(root: Path) -> None:

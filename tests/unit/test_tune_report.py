@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ltray.tune.report import choice_effects, collect_trials, report_tables
+from ltray.tune.folder import collect_trials
+from ltray.tune.report import choice_effects, report_tables
 
 
 def _sweep(root: Path, trials: dict[str, tuple[dict, list[float]]]) -> Path:

@@ -13,7 +13,8 @@ import pytest
 
 from ltray.config import load_config
 from ltray.errors import ConfigError, SpaceError
-from ltray.tune.search import SweepOptions, _select_head_from_metric, check_sweep
+from ltray.tune.plan import SweepOptions, check_sweep
+from ltray.tune.plan import select_head_from_metric as _select_head_from_metric
 from ltray.tune.space import load_space
 from ltray.validate import (
     BACKBONE_NAMES,
@@ -199,7 +200,7 @@ def test_zero_or_negative_counts_are_refused_not_replaced(
     num_samples: int | None, max_concurrent: int | None, expected: str
 ) -> None:
     space = load_space(REPO / "search_spaces" / "kt.yaml")
-    opts = SweepOptions(num_samples=num_samples, max_concurrent=max_concurrent)
+    opts = SweepOptions(search={"num_samples": num_samples, "max_concurrent": max_concurrent})
     with pytest.raises(ConfigError, match=expected):
         check_sweep(space, opts)
 
@@ -284,7 +285,7 @@ def test_a_start_that_fails_after_the_checks_leaves_no_run_folder(tmp_path: Path
 def test_resume_refuses_overrides_that_change_the_saved_sweep() -> None:
     """Before: `ltray tune --resume train.epochs=4` rebuilt the trials from the new command
     line, so the resumed sweep trained another config than the one MLflow recorded."""
-    from ltray.tune.search import check_resume
+    from ltray.tune.plan import check_resume
 
     kt = REPO / "search_spaces" / "kt.yaml"
     started = _select_head_from_metric(load_space(kt))
