@@ -45,6 +45,7 @@ __all__ = [
     "Config",
     "load_config",
     "apply_overrides",
+    "set_dotted",
     "parse_override",
     "config_hash",
     "flatten",
@@ -212,7 +213,6 @@ class TrainConfig(_Section):
     )
     seed: int = 0
     threads: int | None = Field(None, description="torch threads per worker (CPU)")
-    checkpoint_every: int = Field(1, ge=1)
     max_failures: int = Field(1, ge=0, description="worker-group restarts from a checkpoint")
 
     @model_validator(mode="after")
@@ -438,19 +438,26 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_dotted(data: dict[str, Any], key: str | list[str], value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for the dotted key ``a.b`` in place (typed values kept;
+    missing or non-mapping levels become mappings)."""
+    parts = key.split(".") if isinstance(key, str) else key
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with dotted ``key=value`` overrides applied."""
     out = copy.deepcopy(data)
     for item in overrides:
         parts, value = parse_override(item)
-        node = out
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[parts[-1]] = value
+        set_dotted(out, parts, value)
     return out
 
 

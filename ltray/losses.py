@@ -22,6 +22,7 @@ from ltray.registry import Registry
 
 __all__ = [
     "Reduction",
+    "reduce_loss",
     "ClassificationLoss",
     "LOSSES",
     "cross_entropy",
@@ -43,7 +44,8 @@ class ClassificationLoss(Protocol):
 LOSSES: Registry[ClassificationLoss] = Registry("loss")
 
 
-def _reduce(per_sample: Tensor, reduction: Reduction) -> Tensor:
+def reduce_loss(per_sample: Tensor, reduction: Reduction) -> Tensor:
+    """[B] per-sample losses reduced as ``reduction`` says (``none`` keeps them)."""
     if reduction == "none":
         return per_sample
     if reduction == "sum":
@@ -63,7 +65,7 @@ def cross_entropy(
     probabilities of tail classes.
     """
     del class_counts
-    return _reduce(F.cross_entropy(logits.float(), y, reduction="none"), reduction)
+    return reduce_loss(F.cross_entropy(logits.float(), y, reduction="none"), reduction)
 
 
 @LOSSES.register("balanced_softmax")
@@ -83,7 +85,7 @@ def balanced_softmax(
     counts = class_counts.to(device=logits.device, dtype=torch.float32).clamp_min(1.0)
     log_prior = counts.log() - counts.sum().log()
     adjusted = logits.float() + log_prior.unsqueeze(0)
-    return _reduce(F.cross_entropy(adjusted, y, reduction="none"), reduction)
+    return reduce_loss(F.cross_entropy(adjusted, y, reduction="none"), reduction)
 
 
 def kt_branch_loss(
@@ -125,7 +127,7 @@ def kt_branch_loss(
     z_s = z_s.float()
     ce = F.cross_entropy(z_s, y, reduction="none")
     if z_teacher is None:
-        return _reduce(ce, reduction)
+        return reduce_loss(ce, reduction)
     if z_teacher.shape != z_s.shape:
         raise ValueError(
             f"z_teacher must have the shape of z_s {tuple(z_s.shape)}, got {tuple(z_teacher.shape)}"
@@ -146,4 +148,4 @@ def kt_branch_loss(
 
     distilled = (1.0 - phi) * ce + phi * temperature**2 * kl
     per_sample = torch.where(m, distilled, ce)
-    return _reduce(per_sample, reduction)
+    return reduce_loss(per_sample, reduction)

@@ -21,6 +21,8 @@ __all__ = [
     "HeadMetrics",
     "evaluate_logits",
     "evaluate_predictions",
+    "mean_std",
+    "format_mean_std",
 ]
 
 GROUP_NAMES = ("many", "medium", "few")
@@ -140,3 +142,25 @@ def evaluate_logits(
     p = _softmax(safe.astype(np.float64)) if probs is None else probs
     m.ece = expected_calibration_error(p, labels, ece_bins)
     return m
+
+
+def mean_std(values: Any) -> tuple[float, float | None, int] | None:
+    """(mean, sample std (ddof = 1; None for one value), n) of the present values (None and NaN
+    left out); None when no value is present."""
+    vals = [float(v) for v in values if v is not None and not np.isnan(float(v))]
+    if not vals:
+        return None
+    mean = float(np.mean(vals))
+    return mean, (float(np.std(vals, ddof=1)) if len(vals) > 1 else None), len(vals)
+
+
+def format_mean_std(
+    mean: float | None, std: float | None = None, *, scale: float = 100.0, digits: int = 1
+) -> str:
+    """``"56.9 ± 1.2"`` (fractions shown in percent by default), the mean alone without a
+    std, ``"—"`` without a mean: the one way every ltray table writes a value over seeds."""
+    if mean is None:
+        return "—"
+    if std is None:
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"

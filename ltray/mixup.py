@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ltray.losses import Reduction, reduce_loss
+
 __all__ = [
     "Variant",
     "FEW",
@@ -122,7 +124,7 @@ def mixed_loss(
     y: Tensor,
     plan: MixPlan,
     *,
-    reduction: Literal["mean", "sum", "none"] = "mean",
+    reduction: Reduction = "mean",
 ) -> Tensor:
     """Blend a per-sample loss over both label sets: λ·ℓ(y_a) + (1 − λ)·ℓ(y_b) on mixed rows,
     ℓ(y) on the others.
@@ -136,13 +138,7 @@ def mixed_loss(
     loss_a = loss_fn(y)
     loss_b = loss_fn(y[plan.perm])
     per_sample = torch.where(plan.mix, plan.lam * loss_a + (1.0 - plan.lam) * loss_b, loss_a)
-    if reduction == "none":
-        return per_sample
-    if reduction == "sum":
-        return per_sample.sum()
-    if reduction == "mean":
-        return per_sample.mean()
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return reduce_loss(per_sample, reduction)
 
 
 def dominant_labels(y: Tensor, plan: MixPlan) -> Tensor:

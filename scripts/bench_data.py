@@ -21,18 +21,12 @@ from torch import nn
 
 from ltray.config import DataConfig
 from ltray.data import make_loader, prepare_data
+from ltray.models.backbones import build_backbone
 
 
 def build_model(num_classes: int) -> tuple[nn.Module, str]:
-    try:
-        from ltray.models.backbones import build_backbone
-
-        backbone = build_backbone("resnet32", in_channels=3, small_input=True)
-        return nn.Sequential(backbone, nn.Linear(backbone.feat_dim, num_classes)), "ltray.models"
-    except ImportError:
-        from plain_resnet import resnet32
-
-        return resnet32(num_classes), "local"
+    backbone = build_backbone("resnet32", in_channels=3, small_input=True)
+    return nn.Sequential(backbone, nn.Linear(backbone.feat_dim, num_classes)), "ltray.models"
 
 
 def main() -> None:

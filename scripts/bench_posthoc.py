@@ -21,19 +21,13 @@ import torch.nn.functional as F
 from ltray.fusion.llw import init_llw, llw_logits
 from ltray.fusion.ncm import class_means, d_scale, ncm_logits
 from ltray.fusion.select import class_balanced_indices, weighted_scores
+from ltray.models.backbones import build_backbone
 
 
 def backbone() -> tuple[nn.Module, str]:
-    try:
-        from ltray.models.backbones import build_backbone
-
-        net = build_backbone("resnet32", in_channels=3, small_input=True)
-        feats = getattr(net, "forward_features", net)
-        return _Features(net, feats), "ltray.models.backbones resnet32"
-    except Exception:  # noqa: BLE001 - fall back to the local copy
-        from plain_resnet import resnet32_features
-
-        return resnet32_features(), "plain_resnet ResNet-32 (ltray.models.backbones not importable)"
+    net = build_backbone("resnet32", in_channels=3, small_input=True)
+    feats = getattr(net, "forward_features", net)
+    return _Features(net, feats), "ltray.models.backbones resnet32"
 
 
 class _Features(nn.Module):

@@ -25,17 +25,16 @@ from typing import Any
 
 import numpy as np
 
+from ltray.metrics import format_mean_std, mean_std
+from ltray.train.rundir import read_metrics
+
 GROUPS = ("many", "medium", "few", "overall")
 HEADS = ("linear", "kt", "ncm_ema", "ncm_full")
 
 
 def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    m = 100 * statistics.fmean(values)
-    if len(values) == 1:
-        return f"{m:.1f}"
-    return f"{m:.1f} ± {100 * statistics.stdev(values):.1f}"
+    found = mean_std(values)
+    return format_mean_std(*found[:2]) if found else "—"
 
 
 def _slope(y: np.ndarray, counts: np.ndarray) -> float:
@@ -46,7 +45,7 @@ def _slope(y: np.ndarray, counts: np.ndarray) -> float:
 
 def read_run(run: Path) -> dict[str, Any]:
     results = json.loads((run / "results.json").read_text())
-    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    records = read_metrics(run)  # one record per epoch, a resumed run's repeats dropped
     params = dict(np.load(run / "cache" / "params.npz"))
     counts = np.asarray(results["class_counts"])
     prior = {}

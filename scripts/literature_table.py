@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,12 +82,10 @@ def rows_of(run_dir: Path, methods: list[str], seed: int) -> dict[str, dict[str,
 
 
 def _pm(values: list[float]) -> str:
-    if not values:
-        return "—"
-    mean = 100 * statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+    from ltray.metrics import format_mean_std, mean_std
+
+    found = mean_std(values)
+    return format_mean_std(*found[:2]) if found else "—"
 
 
 def main(argv: list[str] | None = None) -> int:

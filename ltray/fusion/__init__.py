@@ -9,7 +9,6 @@ from ltray.fusion.methods import (
     context_of,
     fit_method,
     run_method,
-    run_methods,
 )
 
 __all__ = [
@@ -24,5 +23,4 @@ __all__ = [
     "fit_method",
     "parse_settings",
     "run_method",
-    "run_methods",
 ]

@@ -10,7 +10,7 @@ after ``fit`` has returned: the fit functions never receive the cache or the tes
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,6 @@ __all__ = [
     "evaluate_fitted",
     "run_defaults",
     "run_method",
-    "run_methods",
 ]
 
 
@@ -174,13 +173,3 @@ def run_method(
         settings=parsed.model_dump(),
         extras=dict(fitted.extras),
     )
-
-
-def run_methods(
-    cache: FeatureCache,
-    names: Iterable[str],
-    settings: Mapping[str, Mapping[str, Any]] | None = None,
-) -> list[MethodResult]:
-    """:func:`run_method` for each name, with per-method settings ``{name: {key: value}}``."""
-    settings = settings or {}
-    return [run_method(cache, n, settings.get(n)) for n in names]

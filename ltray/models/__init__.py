@@ -1,7 +1,7 @@
 """Backbones, heads, the class-mean memory (NCM) and the stage-1 network."""
 
 from ltray.models.backbones import BACKBONES, Backbone, build_backbone
-from ltray.models.heads import CosineClassifier, linear_head
+from ltray.models.heads import linear_head
 from ltray.models.memory import (
     ClassMemory,
     class_sums,
@@ -16,7 +16,6 @@ __all__ = [
     "BACKBONES",
     "Backbone",
     "build_backbone",
-    "CosineClassifier",
     "linear_head",
     "ClassMemory",
     "class_sums",

@@ -156,10 +156,6 @@ class SubsetLinear(nn.Module):
         b = self.inner.bias
         return b.new_full((self.num_classes,), ABSENT_LOGIT).index_copy(0, self.classes, b)
 
-    def subset_logits(self, h: Tensor) -> Tensor:
-        """[B, d] → [B, K] logits over the subset's classes (in ``classes`` order)."""
-        return self.inner(h)
-
     def forward(self, h: Tensor) -> Tensor:
         """[B, d] → [B, C]."""
         z = self.inner(h)

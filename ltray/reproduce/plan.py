@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ltray.config import Config, apply_overrides
+from ltray.config import Config, apply_overrides, set_dotted
 from ltray.errors import ConfigError, RunDirError
 from ltray.metrics import GROUP_NAMES
 from ltray.reproduce.options import ReproduceOptions
@@ -232,25 +232,18 @@ def build_plan(
     )
 
 
-def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = value
-
-
 def run_config(plan: Plan, run: RunSpec, out_dir: Path) -> Config:
     """The resolved config of ``run``: base, the kind's overrides, the command line's overrides,
     then the run's own values and the directories of the runs it reads."""
     kind = plan.opts.overrides.get(run.kind, [])
     raw = apply_overrides(plan.base, kind + plan.cli_overrides)
     for key, value in run.values.items():
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     for key, ref in run.refs.items():
         value = [str(out_dir / r) for r in ref] if isinstance(ref, list) else str(out_dir / ref)
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     # Stage-1 runs never log to MLflow themselves: the driver logs them (one SQLite writer).
-    _set_dotted(raw, "tracking.mlflow", False)
+    set_dotted(raw, "tracking.mlflow", False)
     return Config.model_validate(raw)
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ltray.metrics import format_mean_std, mean_std
+
 __all__ = [
     "COLUMNS",
     "Record",
@@ -76,14 +78,8 @@ def _present(v: float | None) -> bool:
 
 def aggregate(values: Sequence[float | None]) -> Agg | None:
     """Mean ± sample std of the present values; ``None`` when none is present."""
-    vals = [float(v) for v in values if _present(v)]
-    if not vals:
-        return None
-    mean = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return Agg(mean, None, 1)
-    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
-    return Agg(mean, math.sqrt(var), len(vals))
+    found = mean_std(v for v in values if _present(v))
+    return None if found is None else Agg(*found)
 
 
 def summarize(
@@ -110,9 +106,7 @@ def format_cell(agg: Agg | None, *, digits: int = 1) -> str:
     """``"56.9 ± 1.2"`` (percent), ``"56.9"`` for one seed, ``"—"`` when absent."""
     if agg is None:
         return "—"
-    if agg.std is None:
-        return f"{100 * agg.mean:.{digits}f}"
-    return f"{100 * agg.mean:.{digits}f} ± {100 * agg.std:.{digits}f}"
+    return format_mean_std(agg.mean, agg.std, digits=digits)
 
 
 def rich_table(rows: Sequence[TableRow], *, title: str, caption: str, first: str = "method") -> Any:

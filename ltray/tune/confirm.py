@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ltray.metrics import format_mean_std, mean_std
 from ltray.storage import Storage
 from ltray.tracking.names import parse_metric
 from ltray.train.rundir import parse_metrics
@@ -121,9 +121,8 @@ def run_scores(run_dir: Storage, metric: str) -> dict[str, float | None] | None:
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+    found = mean_std(values)
+    return (None, None) if found is None else found[:2]
 
 
 def _runs_of(folder: Storage, plan: dict[str, Any]) -> dict[tuple[str, int], str]:
@@ -210,9 +209,7 @@ def _pct(v: float | None) -> str:
 
 
 def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "—"
-    return _pct(mean) if std is None else f"{_pct(mean)} ± {_pct(std)}"
+    return format_mean_std(mean, std)
 
 
 def format_confirm(table: dict[str, Any]) -> Any:

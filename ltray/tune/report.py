@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ltray.metrics import format_mean_std, mean_std
 from ltray.storage import Storage
 from ltray.tune.folder import collect_trials, rank_trials
 from ltray.tune.plan import asha_rungs
@@ -92,10 +93,9 @@ def choice_effects(trials: list[dict[str, Any]], epochs: list[int] | None = None
                     for t in curves
                     if t["params"].get(p) == choice and e in t["curve"]
                 ]
-                n = len(vals)
-                mean = sum(vals) / n if n else math.nan
-                std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
-                cells.append({"epoch": e, "n": n, "mean": mean, "std": std})
+                found = mean_std(vals)
+                mean, std, n = found if found else (math.nan, None, 0)
+                cells.append({"epoch": e, "n": n, "mean": mean, "std": std or 0.0})
             rows.append({"param": p, "choice": choice, "cells": cells})
     return {"epochs": epochs, "rows": rows}
 
@@ -223,9 +223,10 @@ def _cut_tables(state: dict[str, Any], trials: list[dict[str, Any]], summary: di
 
     from ltray.tune.analysis import grace_advice, importances, rung_correlations
 
-    if state.get("kind") == "posthoc":
+    ends = [max(t["curve"]) for t in trials if t.get("curve")]
+    if state.get("kind") == "posthoc" or not ends:
         return []
-    last = int(state["base"]["train"]["epochs"])
+    last = int(state.get("base", {}).get("train", {}).get("epochs") or max(ends))
     mode = state["mode"][0]
     rungs = [r for r in _sweep_rungs(state) if r < last]
     factor = int((state.get("asha") or {}).get("reduction_factor", 2))
@@ -297,7 +298,11 @@ def importance_plot(sweep_dir: Path | Storage, path: Path | Storage) -> Path | S
     if state.get("kind") == "posthoc" or not space:
         return None
     trials = collect_trials(sweep_dir, state["metric"][:1], state["mode"][:1])
-    imp = importances(trials, space, int(state["base"]["train"]["epochs"]), state["mode"][0])
+    ends = [max(t["curve"]) for t in trials if t.get("curve")]
+    if not ends:
+        return None
+    last = int(state.get("base", {}).get("train", {}).get("epochs") or max(ends))
+    imp = importances(trials, space, last, state["mode"][0])
     if not imp["importances"]:
         return None
     names = list(imp["importances"])[::-1]
@@ -313,9 +318,8 @@ def importance_plot(sweep_dir: Path | Storage, path: Path | Storage) -> Path | S
 def _mean_std(cell: dict[str, Any]) -> str:
     if not cell["n"]:
         return "—"
-    if cell["n"] == 1:
-        return f"{_pct(cell['mean'])} (1)"
-    return f"{_pct(cell['mean'])} ± {_pct(cell['std'])} ({cell['n']})"
+    std = cell["std"] if cell["n"] > 1 else None
+    return f"{format_mean_std(cell['mean'], std)} ({cell['n']})"
 
 
 def _fmt(v: Any) -> str:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ltray.config import Config
+from ltray.config import Config, set_dotted
 from ltray.storage import FolderSync, Storage, node_scratch
 
 __all__ = [
@@ -33,18 +33,11 @@ __all__ = [
 ]
 
 
-def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = value
-
-
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
     """The base config with one trial's sampled values set (types kept, no string parsing)."""
     raw = copy.deepcopy(base)
     for key, value in params.items():
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     return Config.model_validate(raw)
 
 

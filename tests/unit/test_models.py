@@ -19,7 +19,6 @@ from ltray.models import (
     class_sums,
     normalize,
 )
-from ltray.models.heads import CosineClassifier
 from ltray.train.methods import TrainForward
 
 NUM_CLASSES = 7
@@ -212,14 +211,6 @@ def test_memory_shape_mismatch_is_an_error():
     bb = build_backbone("resnet32", in_channels=1, small_input=True)
     with pytest.raises(ValueError, match="memory shape"):
         LTNet(bb, num_classes=3, memory=ClassMemory(3, 512))
-
-
-def test_cosine_classifier_hand_example():
-    head = CosineClassifier(2, 2, scale=16.0)
-    with torch.no_grad():
-        head.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 5.0]]))
-    z = head(torch.tensor([[3.0, 4.0]]))
-    torch.testing.assert_close(z, torch.tensor([[16 * 0.6, 16 * 0.8]]))
 
 
 @pytest.mark.parametrize("name", ["resnet32", "resnet10"])
