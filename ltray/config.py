@@ -212,7 +212,9 @@ class TrainConfig(_Section):
     )
     seed: int = 0
     threads: int | None = Field(None, description="torch threads per worker (CPU)")
-    checkpoint_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(
+        1, ge=1, description="kept for old configs: a checkpoint is written every epoch (1 only)"
+    )
     max_failures: int = Field(1, ge=0, description="worker-group restarts from a checkpoint")
 
     @model_validator(mode="after")

@@ -53,7 +53,9 @@ def test_imagenet_preset_requires_the_list_files() -> None:
     assert rep.cfg.model.backbone == "resnet10" and rep.cfg.train.epochs == 90
 
 
-KNOWN = "cifar10-lt, cifar10-lt-30, cifar10-lt-30-kt, cifar10-lt-kt, imagenet-lt, mnist-lt-few, quick"
+KNOWN = (
+    "cifar10-lt, cifar10-lt-30, cifar10-lt-30-kt, cifar10-lt-kt, imagenet-lt, mnist-lt-few, quick"
+)
 
 
 def test_unknown_preset_lists_the_known_ones() -> None:
