@@ -136,7 +136,8 @@ def prepare_run_dir(cfg: Config, out: str | Path | None, *, prefix: str) -> Path
 
 
 def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The resolved config of an earlier run, plus overrides (e.g. ``train.epochs=30``)."""
+    """The resolved config of an earlier run, plus overrides (e.g. ``train.epochs=30``; which
+    keys a resumed run may change: :data:`ltray.train.resume.RESUME_ALLOWED`)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise RunDirError(
@@ -266,9 +267,22 @@ def train(
     """[1] Run one training job; returns (run directory, results)."""
     from ltray.data import prepare_data
     from ltray.resources import check_fits, cluster_resources, local_resources, resolve_scaling
-    from ltray.validate import check_config
+    from ltray.train.resume import check_resume, record_resume
+    from ltray.validate import check_config, ignored_settings
 
+    resume_from = None
+    if resume is not None:
+        run_dir = Path(resume).expanduser().resolve()
+        resume_from = run_dir / "checkpoints" / "last.pt"
+        if not resume_from.is_file():
+            raise RunDirError(
+                f"{resume_from}: no checkpoint to resume from; start a new run instead"
+            )
+        saved = load_run_config(run_dir, [])
+        check_resume(saved, cfg, run_dir)  # the run's config is the run's: refused before Ray
     check_config(cfg)  # every problem a registry or the schema knows, before data and Ray
+    for note in ignored_settings(cfg):
+        print(f"[ltray] note: {note}", flush=True)
     # What the run may use: this machine, or the cluster it joins (connecting starts nothing).
     if cfg.scaling.num_workers > 0 and address is not None:
         ray_init(address, dashboard=False)
@@ -278,14 +292,11 @@ def train(
     cfg = resolve_scaling(cfg, have)
     if cfg.scaling.num_workers > 0:
         check_fits(cfg.scaling, have, what=what)
-    resume_from = None
     data = None
     if resume is not None:
-        run_dir = Path(resume).expanduser().resolve()
-        last = run_dir / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise RunDirError(f"{last}: no checkpoint to resume from; start a new run instead")
-        resume_from = last
+        changes = check_resume(saved, cfg, run_dir)  # the allowed ones, scaling resolved
+        for key, (was, now) in changes.items():
+            print(f"[ltray] resume: {key} {was} → {now}", flush=True)
     else:
         # Validate the data before anything expensive: a bad root or list file fails here.
         data = prepare_data(cfg.data)
@@ -297,6 +308,8 @@ def train(
         run_dir = prepare_run_dir(cfg, out, prefix=f"{cfg.data.name}-{cfg.train.method}")
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "split.json").write_text(json.dumps(data.split_info, indent=1, default=str))
+    if resume is not None:
+        record_resume(run_dir, cfg, changes)  # config.yaml := what the run continues with
     try:
         _run(cfg, run_dir, resume_from=resume_from, address=address)
     except BaseException:

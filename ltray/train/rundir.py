@@ -2,8 +2,12 @@
 
 ```
 RUN_DIR/
-  config.yaml          resolved config (written by the driver before training starts)
-  split.json           what data was used (source, seed, protocol, counts)
+  config.yaml          resolved config (written by the driver before training starts; after
+                       a resume that changed an allowed key, the config the run continues
+                       with: ltray.train.resume)
+  config.before-resume-<n>.yaml   the config.yaml a resume replaced
+  resumes.jsonl        one line per `ltray train --resume` (epochs done, changed keys)
+  split.json           what data was used (source, seed, protocol, counts, list files)
   metrics.jsonl        one line per reported epoch, append-only (restarts add lines, never erase)
   metrics.csv          the same, last record per epoch
   checkpoints/last.pt  checkpoints/best.pt (best val score of eval.select_head and
@@ -36,6 +40,7 @@ __all__ = [
     "save_checkpoint",
     "append_metrics",
     "write_split_info",
+    "read_split_info",
     "read_metrics",
     "parse_metrics",
     "progress_line",
@@ -82,6 +87,12 @@ def write_split_info(run_dir: Path, info: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=1, default=str))
     return path
+
+
+def read_split_info(run_dir: Path) -> dict[str, Any]:
+    """The run's ``split.json`` ({} for a run written without one)."""
+    path = Path(run_dir) / "split.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def append_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
