@@ -15,7 +15,8 @@ RUN_DIR/
   results.json         val/test metrics of every head with the best-val checkpoint
   table.txt            the Many / Medium / Few / Overall table
   per_class.png        per-class test accuracy against train class frequency
-  cache/               train/val/test features + logits as Parquet (ltray.fusion.cache)
+  cache/               train/val/test features + logits as Parquet (ltray.fusion.cache), and
+                       input_example.npy: two raw test images (the exported model's example)
 ```
 """
 
@@ -46,6 +47,8 @@ __all__ = [
     "progress_line",
     "write_cache",
     "input_spec",
+    "pixel_examples",
+    "read_input_example",
     "write_results",
     "render_table",
     "results_table",
@@ -181,7 +184,28 @@ def write_cache(
             "input": input_spec(data),
         },
     )
+    # Two real test images, raw: the input example of the exported model (ltray.inference.model).
+    np.save(cache_dir / "input_example.npy", pixel_examples(data), allow_pickle=False)
     return cache_dir
+
+
+def pixel_examples(data: Any, n: int = 2) -> np.ndarray:
+    """uint8 [n, C, N, N]: the first test image of each of the first ``n`` classes, as raw
+    pixels (the exported model's input; N = the decode size, or the crop size of file-backed
+    splits)."""
+    labels = np.asarray(data.labels("test"))
+    picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:n]]
+    pool = data.pools["test"]
+    if pool.images is not None:
+        return np.ascontiguousarray(pool.images[picks])
+    ds = data.dataset("test", augment=False, normalize=False)
+    return np.stack([np.asarray(ds[i][0], dtype=np.uint8) for i in picks])
+
+
+def read_input_example(run_dir: Path) -> np.ndarray | None:
+    """The run's ``cache/input_example.npy`` (None: a run written before it was saved)."""
+    path = Path(run_dir) / "cache" / "input_example.npy"
+    return np.load(path, allow_pickle=False) if path.is_file() else None
 
 
 def input_spec(data: Any) -> dict[str, Any]:
