@@ -41,6 +41,7 @@ __all__ = [
     "check_config",
     "format_problems",
     "ignored_settings",
+    "ignored_problems",
 ]
 
 # The registries' names, known without importing torch (tests pin them to BACKBONES and
@@ -221,7 +222,7 @@ def _ratio_unused(cfg: Config) -> str | None:
     )
 
 
-def _ignored_problems(cfg: Config) -> list[str]:
+def ignored_problems(cfg: Config) -> list[str]:
     """Settings the run would accept and then ignore, or apply twice: refused, each with the
     fix. (Keys a shared base config sets for other methods are only noted, see
     :func:`ignored_settings`.)"""
@@ -498,7 +499,7 @@ def config_problems(cfg: Config) -> list[str]:
     if cfg.train.method in METHOD_NAMES:  # the heads depend on the method
         out += _memory_problems(cfg)
         out += _select_problems(cfg)
-        out += _ignored_problems(cfg)
+        out += ignored_problems(cfg)
     if not any(x.startswith("data.") for x in out):
         out += _select_group_problems(cfg)
     return out

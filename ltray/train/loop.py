@@ -32,7 +32,7 @@ from torch import nn
 
 from ltray.config import Config, config_hash
 from ltray.data import LTData, make_loader, prepare_data, shard_loader
-from ltray.errors import RunDirError
+from ltray.errors import ConfigError, RunDirError
 from ltray.models import LTNet
 from ltray.train import rundir
 from ltray.train.catalog import get_method
@@ -48,6 +48,7 @@ from ltray.train.evaluate import (
 from ltray.train.methods import StepContext
 from ltray.train.resume import run_hash
 from ltray.train.schedule import base_lr, lr_factor
+from ltray.validate import format_problems, ignored_problems
 
 __all__ = ["run_training", "seed_everything", "load_state", "finalize_run"]
 
@@ -161,6 +162,11 @@ def run_training(
     Returns the final results on rank 0 (``None`` elsewhere or without ``finalize``).
     """
     t_enter = time.time()
+    # What the driver's checks refuse, again here: a sweep's trial combines sampled values
+    # that were checked one at a time (kt.class_balance=true with data.sampler=class_balanced).
+    refused = ignored_problems(cfg)
+    if refused:
+        raise ConfigError(format_problems(refused))
     run_dir = Path(run_dir)
     world, rank = ctx.world_size, ctx.rank
     is_main = rank == 0
