@@ -27,6 +27,7 @@ from ltray.paths import new_run_dir
 __all__ = [
     "train",
     "make_trainer",
+    "interruptible_trainer_class",
     "train_loop_per_worker",
     "prepare_run_dir",
     "load_run_config",
@@ -194,6 +195,35 @@ def driver_runtime_env(address: str | None) -> dict[str, Any]:
     return out
 
 
+def interruptible_trainer_class(trainer_cls: type) -> type:
+    """``trainer_cls`` whose Ctrl-C ends ``fit()`` with a ``KeyboardInterrupt``.
+
+    Ray Train's own SIGINT handler (``DataParallelTrainer._register_sigint_handler``, Ray 2.60)
+    aborts the controller and then calls ``sys.exit(0)`` from inside the handler, so the
+    command ended with exit code 1 and no word. Here the first Ctrl-C aborts the run the same
+    way (the workers stop; every epoch whose checkpoint and metrics line were written stays)
+    and raises ``KeyboardInterrupt``, which the CLI turns into one line and exit code 130."""
+
+    class Interruptible(trainer_cls):  # type: ignore[misc, valid-type]
+        def _register_sigint_handler(self, controller: Any) -> None:
+            import contextlib
+            import signal
+
+            import ray
+
+            def on_sigint(signum: int, frame: Any) -> None:
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # a 2nd Ctrl-C: now
+                # A controller that has gone already has nothing left to stop.
+                with contextlib.suppress(ray.exceptions.RayError):
+                    ray.get(controller.abort.remote())
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, on_sigint)
+
+    Interruptible.__name__ = Interruptible.__qualname__ = trainer_cls.__name__
+    return Interruptible
+
+
 def make_trainer(
     cfg: Config,
     run_dir: Path,
@@ -227,6 +257,7 @@ def make_trainer(
         from ltray.train.lean import lean_trainer_class
 
         trainer_cls = lean_trainer_class(trainer_cls)
+    trainer_cls = interruptible_trainer_class(trainer_cls)
     return trainer_cls(
         train_loop_per_worker,
         train_loop_config={
