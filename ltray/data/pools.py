@@ -97,9 +97,11 @@ def file_stamps(root: Path, rels: Sequence[str], *, threads: int = 8) -> list[st
     the name (a file rewritten in place changes one of them). A missing file is a
     :class:`DataError` naming it."""
 
+    prefix = f"{root}{os.sep}"  # string paths: a Path per file costs more than its stat
+
     def stamp(rel: str) -> str:
         try:
-            st = os.stat(root / rel)
+            st = os.stat(prefix + rel)
         except OSError as exc:
             raise DataError(
                 f"image {root / rel} cannot be read ({exc.strerror}); replace or remove the file"

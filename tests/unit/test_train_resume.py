@@ -112,3 +112,19 @@ def test_the_loop_refuses_another_runs_checkpoint(run2: Path, tmp_path: Path) ->
         run_training(
             other, tmp_path / "x", LocalContext(), resume_from=run2 / "checkpoints" / "last.pt"
         )
+
+
+def test_a_reproduction_run_resumes_with_its_own_config(tmp_path: Path) -> None:
+    """`ltray reproduce --resume` continues an interrupted run through `train(cfg,
+    resume=run_dir)` with the config its plan holds: that is the run's own, so nothing is
+    refused (scaling resolved by the first start, threads set for the in-process loop)."""
+    from ltray.reproduce.runner import run_one
+
+    cfg = load_config(None, ["train.epochs=2", "data.batch_size=64"])  # as a plan holds it
+    run = tmp_path / "seed-0" / "kt"
+    run_one(cfg, run)
+    (run / "results.json").unlink()  # interrupted after its last checkpoint
+    run_one(cfg, run)
+    assert (run / "results.json").is_file()
+    records = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
+    assert records == [{**records[0], "changes": {}}] and records[0]["epochs_done"] == 2
