@@ -199,7 +199,7 @@ def has_kt_head(cfg: Config) -> bool:
 
 
 def _ratio_unused(cfg: Config) -> str | None:
-    """Why ``data.imbalance_ratio`` would not shape the train split ("" = it does): the list
+    """Why ``data.imbalance_ratio`` would not shape the train split (None: it does): the list
     files give the split, or the folder is used as it is (``as_is``)."""
     d = cfg.data
     if d.name == "listfile":
