@@ -7,7 +7,9 @@
 Overrides are ``data.*`` keys applied to the run's own config (a bare ``seed=1`` means
 ``data.seed=1``); the images are preprocessed at the run's input size. Many / Medium / Few are
 the run's groups (its train class counts and thresholds), not the new data's: the question is
-how the classes the model saw rarely fare elsewhere.
+how the classes the model saw rarely fare elsewhere. Classes are matched by name, and images
+the run trained on or selected with are dropped from another split of its own source
+(:mod:`ltray.inference.heldout`).
 
 Post-hoc methods fitted by ``ltray fuse`` (the run's latest ``fusion/fuse-*/results.json``) are
 scored too: each is fitted again on the run's cached train and val arrays with the settings
