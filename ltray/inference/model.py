@@ -139,8 +139,9 @@ class PixelModel(nn.Module):
         self.in_channels = int(spec.in_channels)
         self.pixel_size = int(spec.pixel_size)
         self.image_size = int(spec.image_size)
-        mean = torch.tensor(spec.mean, dtype=torch.float32)
-        std = torch.tensor(spec.std, dtype=torch.float32)
+        device = next(head.parameters()).device  # the run's device (cpu, cuda)
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=device)
         # The same two constants as normalize_nhwc: the same float results, element by element.
         self.register_buffer("shift", (-mean / std).view(1, -1, 1, 1))
         self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, -1, 1, 1))
