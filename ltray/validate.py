@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from ltray.config import Config
 from ltray.errors import ConfigError
@@ -28,13 +31,17 @@ __all__ = [
     "METRIC_KEYS",
     "SELECT_KEYS",
     "has_memory",
+    "has_kt_head",
     "empty_groups",
+    "run_group_problems",
     "val_heads",
     "metric_names",
     "config_problems",
     "metric_problems",
     "check_config",
     "format_problems",
+    "ignored_settings",
+    "ignored_problems",
 ]
 
 # The registries' names, known without importing torch (tests pin them to BACKBONES and
@@ -150,6 +157,11 @@ def _method_problems(cfg: Config) -> list[str]:
             out += _run_dir_problems("lfme.experts", run, "train.method=lfme_expert")
     if m == "lfme_expert" and cfg.lfme.subset is None:
         out.append("lfme.subset is not set; train.method=lfme_expert needs many, medium or few")
+    elif m == "lfme_expert" and (why := empty_groups(cfg).get(str(cfg.lfme.subset))):
+        out.append(
+            f"lfme.subset={cfg.lfme.subset}: {why}; the expert would have no train image: "
+            "train experts of the groups the split has"
+        )
     return out
 
 
@@ -166,6 +178,136 @@ def _run_dir_problems(key: str, run: str, how: str) -> list[str]:
             f"`ltray train --resume {run}`"
         ]
     return []
+
+
+def _non_default(section: BaseModel, names: tuple[str, ...]) -> list[str]:
+    """``key=value`` of the fields of ``section`` among ``names`` that differ from their
+    defaults (what a user or a preset set on purpose)."""
+    out = []
+    for name in names:
+        value, field = getattr(section, name), type(section).model_fields[name]
+        default = field.get_default(call_default_factory=True)
+        if value != default:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            out.append(f"{name}={shown}")
+    return out
+
+
+def has_kt_head(cfg: Config) -> bool:
+    """Whether the network trains the KT head (``train.method=kt`` with ``kt.enabled``)."""
+    return cfg.train.method == "kt" and cfg.kt.enabled
+
+
+def _ratio_unused(cfg: Config) -> str | None:
+    """Why ``data.imbalance_ratio`` would not shape the train split (None: it does): the list
+    files give the split, or the folder is used as it is (``as_is``)."""
+    d = cfg.data
+    if d.name == "listfile":
+        return "data.name=listfile takes the split its list files give (already long-tailed)"
+    if d.name != "imagefolder" or d.root is None:
+        return None if d.profile != "as_is" else "data.profile=as_is uses the train split as is"
+    from ltray.data.prepare import effective_profile
+
+    try:
+        profile = effective_profile(d)
+    except Exception:  # noqa: BLE001 - an unreadable root is reported by the data checks
+        return None
+    if profile != "as_is":
+        return None
+    if d.profile == "as_is":
+        return "data.profile=as_is uses the train split as is"
+    return (
+        f"{d.root}/train is already long-tailed, so it is used as it is (data.profile "
+        "resolves to as_is)"
+    )
+
+
+def ignored_problems(cfg: Config) -> list[str]:
+    """Settings the run would accept and then ignore, or apply twice: refused, each with the
+    fix. (Keys a shared base config sets for other methods are only noted, see
+    :func:`ignored_settings`.)"""
+    out = []
+    m, d = cfg.train.method, cfg.data
+    if m == "kt" and cfg.kt.enabled and not cfg.memory.enabled:
+        out.append(
+            "memory.enabled=false with train.method=kt: the memory is the KT head's teacher, so "
+            "the KT head would train as a second plain CE head and the NCM heads would still "
+            "be scored; set kt.enabled=false as well (no memory, no NCM or KT head: the linear "
+            "head alone) or keep memory.enabled=true"
+        )
+    if has_kt_head(cfg) and cfg.kt.class_balance and d.sampler == "class_balanced":
+        out.append(
+            "kt.class_balance=true with data.sampler=class_balanced: the sampler already shows "
+            "every class equally often and the KT loss would weight tail classes again by "
+            "N/(C*n_y), so they count twice; set kt.class_balance=false or data.sampler=instance"
+        )
+    rho_set = d.imbalance_ratio != type(d).model_fields["imbalance_ratio"].default
+    if rho_set and (why := _ratio_unused(cfg)):
+        fix = (
+            "drop data.imbalance_ratio"
+            if d.name == "listfile"
+            else "drop data.imbalance_ratio to use it as it is, or set data.profile=exp to cut "
+            f"it to rho={d.imbalance_ratio:g}"
+        )
+        out.append(f"data.imbalance_ratio={d.imbalance_ratio:g} would be ignored: {why}; {fix}")
+    if d.name == "listfile" and d.profile is not None:
+        out.append(
+            f"data.profile={d.profile} would be ignored: data.name=listfile takes the split its "
+            "list files give; drop data.profile"
+        )
+    if m == "oltr" and d.sampler == "sqrt":
+        out.append(
+            "data.sampler=sqrt would be ignored: train.method=oltr samples class-aware "
+            "(class_balanced) by its definition; drop data.sampler or set it to class_balanced"
+        )
+    return out
+
+
+def ignored_settings(cfg: Config) -> list[str]:
+    """Keys set away from their defaults that this run does not read, one line each (printed
+    as notes before training). They come from base configs shared by several methods (a
+    preset's KT settings reach its CE and OLTR runs), so they are noted, not refused; what a
+    run would ignore or double of its own settings is refused by :func:`config_problems`."""
+    out = []
+    m = cfg.train.method
+    kt_keys = ("phi", "temperature", "mask", "class_balance", "detach_feature")
+    if not has_kt_head(cfg) and (set_kt := _non_default(cfg.kt, kt_keys)):
+        why = "kt.enabled=false" if m == "kt" else f"train.method={m} has no KT head"
+        out.append(f"{', '.join(f'kt.{k}' for k in set_kt)} not used: {why}")
+    mem_keys = ("init_epoch", "momentum", "metric", "renormalize")
+    if not has_memory(cfg) and (set_mem := _non_default(cfg.memory, mem_keys)):
+        out.append(f"{', '.join(f'memory.{k}' for k in set_mem)} not used: the run keeps no memory")
+    if not cfg.train.compile and (backend := _non_default(cfg.train, ("compile_backend",))):
+        out.append(f"train.{backend[0]} not used: train.compile=false")
+    if has_kt_head(cfg) and cfg.kt.class_balance and cfg.data.sampler == "sqrt":
+        out.append(
+            "kt.class_balance=true with data.sampler=sqrt: the weights N/(C*n_y) assume "
+            "instance sampling; under sqrt sampling they favour tail classes over head ones"
+        )
+    if cfg.mixup.variant == "none" and (alpha := _non_default(cfg.mixup, ("alpha",))):
+        out.append(f"mixup.{alpha[0]} not used: mixup.variant=none")
+    if m != "oltr" and (set_oltr := _non_default(cfg.oltr, tuple(type(cfg.oltr).model_fields))):
+        out.append(f"{', '.join(f'oltr.{k}' for k in set_oltr)} not used: train.method={m}")
+    lfme_keys = tuple(type(cfg.lfme).model_fields)
+    if m not in ("lfme", "lfme_expert") and (set_lfme := _non_default(cfg.lfme, lfme_keys)):
+        out.append(f"{', '.join(f'lfme.{k}' for k in set_lfme)} not used: train.method={m}")
+    d = cfg.data
+    if d.name != "listfile":
+        lists = [f"data.{k}" for k in ("train_list", "val_list", "test_list") if getattr(d, k)]
+        if lists:
+            out.append(f"{', '.join(lists)} not used: data.name={d.name} reads its own splits")
+    val_per_class = _non_default(d, ("val_per_class",))
+    if val_per_class and d.name != "digits-lt":
+        own_val = (d.name == "listfile" and d.val_list is not None) or (
+            d.name in ("imagefolder", "cifar10-lt", "cifar100-lt")
+            and d.root is not None
+            and Path(d.root, "val").is_dir()
+        )
+        if d.val_protocol == "test":
+            out.append(f"data.{val_per_class[0]} not used: data.val_protocol=test (val = test)")
+        elif own_val:
+            out.append(f"data.{val_per_class[0]} not used: the dataset has its own val split")
+    return out
 
 
 def _memory_problems(cfg: Config) -> list[str]:
@@ -222,6 +364,33 @@ def empty_groups(cfg: Config) -> dict[str, str]:
         ),
     }
     return {g: why[g] for i, g in enumerate(GROUP_NAMES) if not (groups == i).any()}
+
+
+def run_group_problems(meta: dict[str, Any], metrics: list[str], *, run: str) -> list[str]:
+    """Metrics naming a shot group that a finished run's split has no class in, from its cache
+    ``meta.json`` (train class counts and thresholds): a post-hoc sweep ``--from RUN`` reads the
+    run's groups, not its own base config's."""
+    from ltray.metrics import shot_groups
+
+    counts = meta.get("class_counts")
+    if not counts:
+        return []
+    groups = shot_groups(counts, int(meta["many_threshold"]), int(meta["few_threshold"]))
+    out = []
+    for m in metrics:
+        group = m.rsplit("_", 1)[-1]
+        if group in GROUP_NAMES and not (groups == GROUP_NAMES.index(group)).any():
+            rule = {
+                "many": f"more than {meta['many_threshold']}",
+                "medium": f"{meta['few_threshold']} to {meta['many_threshold']}",
+                "few": f"fewer than {meta['few_threshold']}",
+            }[group]
+            out.append(
+                f"search.metric={m}: {run} has no {group}-shot class (no class with {rule} "
+                f"train images; its counts: {min(counts)} to {max(counts)}); choose another "
+                "metric"
+            )
+    return out
 
 
 def _select_group_problems(cfg: Config) -> list[str]:
@@ -324,6 +493,7 @@ def config_problems(cfg: Config) -> list[str]:
     if cfg.train.method in METHOD_NAMES:  # the heads depend on the method
         out += _memory_problems(cfg)
         out += _select_problems(cfg)
+        out += ignored_problems(cfg)
     if not any(x.startswith("data.") for x in out):
         out += _select_group_problems(cfg)
     return out

@@ -35,7 +35,9 @@ def add_parser(subparsers: Any) -> None:
             help="list files: count labels without checking that the images exist",
         )
 
-    stats = sub.add_parser("stats", help="per-class train counts, shot groups, imbalance ratio")
+    stats = sub.add_parser(
+        "stats", help="per-class train/val/test counts, shot groups, imbalance ratio"
+    )
     common(stats)
     stats.add_argument("--plot", metavar="PNG", help="also write a histogram of the class counts")
     split = sub.add_parser("split", help="write train/val/test list files of the split")
@@ -79,21 +81,28 @@ def _split(dcfg: Any, out: Path, *, check_images: bool) -> int:
 
 
 def _stats(dcfg: Any, plot: str | None, *, check_images: bool) -> int:
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
-    from ltray.data import prepare_data
+    from ltray.data import SPLITS, prepare_data
     from ltray.metrics import GROUP_NAMES
 
     data = prepare_data(dcfg, check_images=check_images)
     info = data.split_info
     counts = data.class_counts
     console = Console()
-    table = Table(title=f"{info['source']}: train counts per class")
-    for col in ("class", "name", "train", "group"):
-        table.add_column(col, justify="right" if col in ("class", "train") else "left")
+    per_split = {s: np.bincount(data.labels(s), minlength=data.num_classes) for s in SPLITS}
+    table = Table(title=f"{info['source']}: images per class and split")
+    for col in ("class", "name", *SPLITS, "group"):
+        table.add_column(col, justify="left" if col in ("name", "group") else "right")
     for c in range(data.num_classes):
-        table.add_row(str(c), data.class_names[c], str(int(counts[c])), GROUP_NAMES[data.groups[c]])
+        table.add_row(
+            str(c),
+            data.class_names[c],
+            *(str(int(per_split[s][c])) for s in SPLITS),
+            GROUP_NAMES[data.groups[c]],
+        )
     if data.num_classes <= 200:
         console.print(table)
     sizes = info["group_sizes"]
@@ -112,7 +121,12 @@ def _stats(dcfg: Any, plot: str | None, *, check_images: bool) -> int:
         f"max/min: {int(counts.max())}/{int(counts.min())}, imbalance ratio: {info['rho']:.2f}"
     )
     console.print(f"shot groups (classes): {groups}")
-    console.print(f"splits: {info['sizes']}; {info['val_note']}")
+    sizes_text = ", ".join(
+        f"{s} {int(per_split[s].sum())} ({int(per_split[s].min())}-{int(per_split[s].max())} "
+        "per class)"
+        for s in SPLITS
+    )
+    console.print(f"splits: {sizes_text}; {info['val_note']}", markup=False)
     for note in info.get("notes", []):
         if note != info["val_note"]:  # the val/test warning is printed just above
             console.print(f"note: {note}", markup=False)

@@ -5,6 +5,10 @@ run on another split or dataset, with the run's own Many / Medium / Few groups.
     ltray evaluate RUN data.seed=1                                 # another seeded hold-out
     ltray evaluate runs:/<mlflow run id> data.imbalance_ratio=1 --split val
 
+Classes are matched to the run's by name (another order is remapped, an unknown class refused);
+on another split of the run's own source, every image the run trained on or selected with (its
+train and val splits) is dropped, and the note says how many.
+
 Post-hoc methods of the run's newest ``ltray fuse`` folder are scored too (``--posthoc none``
 skips them, ``--posthoc DIR`` picks another folder): fitted again on the run's cached train and
 val with the recorded settings, applied to the new split.

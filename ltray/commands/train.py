@@ -33,8 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue a stopped run from its last checkpoint (overrides such as "
-        "train.epochs=N apply on top of its saved config)",
+        help="continue a stopped run from its last checkpoint with its saved config; an "
+        "override may only add epochs (train.epochs=N) or change scaling.*, tracking.*, "
+        "train.threads, train.max_failures, data.loader_workers (any other change is refused)",
     )
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.set_defaults(func=run)

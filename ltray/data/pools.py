@@ -2,10 +2,12 @@
 :class:`SourceData` (all pools of a dataset plus its family constants), and the on-disk cache
 of decoded small images.
 
-The decode cache is one ``.npy`` uint8 array [N, C, H, W] per (source, root, file list) under
-``ltray.paths.data_cache_dir()/decoded``, keyed by a hash of those; it is memory-mapped
-(``allow_pickle=False``) so a second :func:`~ltray.data.prepare_data` — e.g. in every Ray
-worker — reads only the images it keeps and never decodes a JPEG again.
+The decode cache is one ``.npy`` uint8 array [N, C, H, W] per (source, root, mode, file list,
+and each file's size and modification time) under ``ltray.paths.data_cache_dir()/decoded``,
+keyed by a hash of those: an image overwritten in place (same name, new pixels) changes its
+size or mtime and the folder is decoded again. It is memory-mapped (``allow_pickle=False``) so
+a second :func:`~ltray.data.prepare_data` — e.g. in every Ray worker — reads only the images it
+keeps and never decodes a JPEG again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from ltray.errors import DataError
 from ltray.paths import data_cache_dir
 
-__all__ = ["Pool", "SourceData", "decode_cached", "cache_key"]
+__all__ = ["Pool", "SourceData", "decode_cached", "cache_key", "file_stamps"]
 
 
 @dataclass
@@ -90,6 +92,26 @@ def cache_key(*parts: str | Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def file_stamps(root: Path, rels: Sequence[str], *, threads: int = 8) -> list[str]:
+    """``"size mtime_ns"`` of every ``root/rels[i]``: what the decoded pixels depend on besides
+    the name (a file rewritten in place changes one of them). A missing file is a
+    :class:`DataError` naming it."""
+
+    prefix = f"{root}{os.sep}"  # string paths: a Path per file costs more than its stat
+
+    def stamp(rel: str) -> str:
+        try:
+            st = os.stat(prefix + rel)
+        except OSError as exc:
+            raise DataError(
+                f"image {root / rel} cannot be read ({exc.strerror}); replace or remove the file"
+            ) from None
+        return f"{st.st_size} {st.st_mtime_ns}"
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:  # stat calls release the GIL
+        return list(ex.map(stamp, rels, chunksize=1024))
+
+
 def _decode_one(path: Path, mode: str) -> np.ndarray:
     from PIL import Image
 
@@ -109,9 +131,11 @@ def decode_cached(
     """uint8 [N, C, H, W] images ``root/rels[i]`` decoded with PIL (``mode`` "RGB" or "L"),
     through the disk cache (memory-mapped read-only on a hit).
 
-    Every image must have the first image's size; otherwise a :class:`DataError` names it.
+    The cache key holds each file's size and modification time (:func:`file_stamps`), so an
+    image rewritten in place is decoded again. Every image must have the first image's size;
+    otherwise a :class:`DataError` names it.
     """
-    key = cache_key(source, str(root.resolve()), mode, rels)
+    key = cache_key(source, str(root.resolve()), mode, rels, file_stamps(root, rels))
     cache = data_cache_dir() / "decoded" / f"{source}-{key}.npy"
     if cache.is_file():
         try:

@@ -152,13 +152,19 @@ def resolve_profile(cfg: DataConfig, source: str, pool_counts: np.ndarray) -> st
     return "as_is" if source == "imagefolder" and imbalanced else "exp"
 
 
-def as_is_note(root: str | None, pool_counts: np.ndarray) -> str:
-    """The one line that says an imbalanced folder is used as it is."""
+def as_is_note(root: str | None, pool_counts: np.ndarray, rho: float | None = None) -> str:
+    """The one line that says an imbalanced folder is used as it is (``rho``: a
+    ``data.imbalance_ratio`` that was asked for, and is therefore not applied)."""
     hi, lo = int(np.max(pool_counts)), int(np.min(pool_counts))
+    dropped = (
+        f"; data.imbalance_ratio={rho:g} is NOT applied (data.profile=exp cuts it to that ratio)"
+        if rho is not None
+        else " (data.profile=exp re-profiles it)"
+    )
     return (
         f"data.profile: {root}/train is already long-tailed ({hi} down to {lo} images per "
-        f"class, rho={hi / max(lo, 1):.0f}); used as it is, shot groups from its own counts "
-        "(data.profile=exp re-profiles it)"
+        f"class, rho={hi / max(lo, 1):.0f}); used as it is, shot groups from its own "
+        f"counts{dropped}"
     )
 
 
@@ -199,6 +205,65 @@ def _holdout(src: SourceData, cfg: DataConfig, num_classes: int) -> tuple[Pool, 
         rest_pool.labels, k, seed=cfg.seed, num_classes=num_classes, stream=2
     )
     return rest_pool.subset(train_idx), rest_pool.subset(val_idx), src.train.subset(test_idx)
+
+
+def _check_held_out(
+    pools: dict[str, Pool], cfg: DataConfig, src: SourceData, *, carved: bool
+) -> None:
+    """Every class must keep a val and a test image: a class with none would be scored NaN and
+    drop out of its shot group and of overall without a word. Raises :class:`DataError` with
+    the counts and the fix."""
+    names = src.class_names
+    num_classes = len(names)
+    root = src.root or src.name
+
+    def counts(split: str) -> np.ndarray:
+        return np.bincount(pools[split].labels, minlength=num_classes)
+
+    def classes(idx: np.ndarray) -> str:
+        listed = ", ".join(f"{int(c)} ({names[int(c)]})" for c in idx[:5])
+        return listed + (f" and {len(idx) - 5} more" if len(idx) > 5 else "")
+
+    test, val = counts("test"), counts("val")
+    if carved:
+        # val was carved out of test: the test pool is test + val of each class.
+        pool = test + val
+        empty = np.flatnonzero(pool == 0)
+        if len(empty):
+            raise DataError(
+                f"class {classes(empty)} has no test images in {root}/test (folder missing or "
+                "empty); every class needs test images to be scored: add them"
+            )
+        short = np.flatnonzero(test == 0)
+        if len(short):
+            smallest = int(pool.min())
+            fix = (
+                f"lower data.val_per_class to {smallest - 1} (the smallest class has "
+                f"{smallest} test images)"
+                if smallest > 1
+                else "add test images"
+            )
+            most = int(pool[short].max())
+            raise DataError(
+                f"data.val_per_class={cfg.val_per_class} carves every test image of class "
+                f"{classes(short)} into val ({most} test images or fewer), leaving no test "
+                f"image to score {'it' if len(short) == 1 else 'them'} on; {fix}, or add a "
+                f"{root}/val/<class>/ folder so that test is kept whole"
+            )
+        return
+    for split, where in (("test", cfg.test_list), ("val", cfg.val_list)):
+        empty = np.flatnonzero(counts(split) == 0)
+        if not len(empty):
+            continue
+        origin = where or f"{root}/{split}"
+        fix = f"add {split} images of {'it' if len(empty) == 1 else 'them'}"
+        if split == "val" and src.val is not None:
+            drop = "leave data.val_list unset" if cfg.val_list else f"remove {root}/val"
+            fix += f", or {drop} to carve val out of test (data.val_per_class)"
+        raise DataError(
+            f"class {classes(empty)} has no {split} images in {origin}; every class needs "
+            f"{split} images to be {'scored' if split == 'test' else 'selected on'}: {fix}"
+        )
 
 
 def _write_splits(pools: dict[str, Pool], *, name: str) -> dict[str, str]:
@@ -269,8 +334,10 @@ def prepare_data(
         if profile == "as_is":
             # The train split is the folder's own: shot groups come from its counts.
             info.update(profile="as_is", rho_requested=None, n_max=None)
-            if cfg.profile is None:
-                src.notes.append(as_is_note(src.root, pool_counts))
+            default_rho = DataConfig.model_fields["imbalance_ratio"].default
+            asked = cfg.imbalance_ratio if cfg.imbalance_ratio != default_rho else None
+            if cfg.profile is None or asked is not None:
+                src.notes.append(as_is_note(src.root, pool_counts, asked))
         else:
             n_max = int(pool_counts.min())
             target = profile_counts(
@@ -305,6 +372,7 @@ def prepare_data(
             "test = the rest"
         )
     pools = {"train": train, "val": val, "test": test}
+    _check_held_out(pools, cfg, src, carved=cfg.val_protocol == "carve" and src.val is None)
 
     spec = family_spec(
         src.family,
@@ -324,6 +392,8 @@ def prepare_data(
         holdout=holdout,
         sizes={s: len(p) for s, p in pools.items()},
         train_counts=counts.tolist(),
+        val_counts=np.bincount(val.labels, minlength=num_classes).tolist(),
+        test_counts=np.bincount(test.labels, minlength=num_classes).tolist(),
         thresholds={"many": cfg.many_threshold, "few": cfg.few_threshold},
         group_sizes=group_sizes(groups),
         family=src.family,

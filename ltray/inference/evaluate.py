@@ -7,7 +7,9 @@
 Overrides are ``data.*`` keys applied to the run's own config (a bare ``seed=1`` means
 ``data.seed=1``); the images are preprocessed at the run's input size. Many / Medium / Few are
 the run's groups (its train class counts and thresholds), not the new data's: the question is
-how the classes the model saw rarely fare elsewhere.
+how the classes the model saw rarely fare elsewhere. Classes are matched by name, and images
+the run trained on or selected with are dropped from another split of its own source
+(:mod:`ltray.inference.heldout`).
 
 Post-hoc methods fitted by ``ltray fuse`` (the run's latest ``fusion/fuse-*/results.json``) are
 scored too: each is fitted again on the run's cached train and val arrays with the settings
@@ -130,27 +132,31 @@ def evaluate_run(
     post-hoc methods of a ``ltray fuse`` folder (``posthoc``: "latest" = the newest one when
     the run has any, a folder, or None).
 
+    Classes are matched to the run's by name, and a split of the run's own source that is not
+    the run's own split loses every image the run trained on or selected with
+    (:mod:`ltray.inference.heldout`); both are said in ``notes`` and saved.
+
     Raises:
         ConfigError: an override is not a ``data.*`` key or is invalid.
-        DataError: the data has another number of classes or channels than the run.
+        DataError: the data has classes the run does not know, other channels, or no image
+            the run has not seen.
     """
     from ltray.data import make_loader, prepare_data
+    from ltray.inference.heldout import absent_classes, drop_seen, match_classes
 
     overrides = list(overrides or [])
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split {split}: use train, val or test")
     cfg = _data_config(run, overrides)
     data = prepare_data(cfg.data, write_splits=False)
-    if data.num_classes != run.num_classes:
-        raise DataError(
-            f"{cfg.data.name}: {data.num_classes} classes, the run has {run.num_classes}; "
-            "evaluate on data with the run's classes"
-        )
     if data.in_channels != run.input.in_channels:
         raise DataError(
             f"{cfg.data.name}: {data.in_channels}-channel images, the run's network takes "
             f"{run.input.in_channels}"
         )
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split {split}: use train, val or test")
+    data, notes = match_classes(run, data)
+    data, dropped, dropped_notes = drop_seen(run, data, split)
+    notes += dropped_notes
     loader = make_loader(
         data,
         split,
@@ -175,7 +181,7 @@ def evaluate_run(
     y_all = torch.cat(labels).numpy().astype(np.int64)
     logits = {h: torch.cat(p).numpy() for h, p in parts.items()}
     heads = evaluate_heads(logits, y_all, run.groups, ece_bins=run.config.eval.ece_bins)
-    notes: list[str] = []
+    notes += absent_classes(run, y_all)
     if fuse_dir is not None:
         from ltray.fusion.cache import SplitArrays
 
@@ -186,8 +192,9 @@ def evaluate_run(
             kt_logits=logits.get("kt"),
         )
         with torch.inference_mode(False), torch.enable_grad():  # LLW, ASM, cRT... train
-            extra, notes = posthoc_heads(run, Path(fuse_dir), arrays)
+            extra, refit_notes = posthoc_heads(run, Path(fuse_dir), arrays)
         heads.update(extra)
+        notes += refit_notes
     return Evaluation(
         run_dir=run.run_dir,
         split=split,
@@ -196,6 +203,7 @@ def evaluate_run(
             "overrides": overrides,
             "size": int(len(y_all)),
             "val_protocol": cfg.data.val_protocol,
+            **({"dropped": dropped} if dropped else {}),
         },
         class_counts=[int(c) for c in run.class_counts],
         heads=heads,

@@ -1,11 +1,12 @@
 """New images in the form a run's network expects.
 
-:func:`collect_images` expands files and folders into image paths; :func:`load_image` decodes
-one file with PIL and preprocesses it exactly as the run's evaluation did: in-memory families
-(digits, MNIST, CIFAR) are decoded at their native size (resized to it when the file differs),
-scaled to [0, 1], normalised and resized to the input size on the tensor
-(:func:`~ltray.data.device.normalize_nhwc`); the imagenet family gets the eval transform
-(Resize + CenterCrop).
+:func:`collect_images` expands files and folders into image paths; :func:`load_pixels` decodes
+one file with PIL into the raw uint8 image the run's :class:`~ltray.inference.model.PixelModel`
+(and its exported MLflow model) takes: in-memory families (digits, MNIST, CIFAR) at their
+native size (resized to it when the file differs), the imagenet family through the eval
+transform's Resize + CenterCrop. :func:`load_image` goes one step further, as the run's
+evaluation did: scaled to [0, 1], normalised and resized to the input size on the tensor
+(:func:`~ltray.data.device.normalize_nhwc`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ltray.data.sources import IMAGE_EXTENSIONS
 from ltray.errors import DataError
 from ltray.inference.load import InputSpec
 
-__all__ = ["collect_images", "load_image"]
+__all__ = ["collect_images", "load_pixels", "load_image"]
 
 
 def collect_images(items: Iterable[str | Path]) -> list[Path]:
@@ -51,6 +52,27 @@ def collect_images(items: Iterable[str | Path]) -> list[Path]:
             f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     return out
+
+
+def load_pixels(path: Path, spec: InputSpec) -> Tensor:
+    """One image file → uint8 [C_in, N, N], N = ``spec.pixel_size`` (what the exported model
+    takes). Raises ``OSError``/``ValueError`` when PIL cannot read it."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        img = im.convert("L" if spec.in_channels == 1 else "RGB")
+    if spec.family == "imagenet":
+        from ltray.data.transforms import imagenet_transform
+
+        crop = imagenet_transform(train=False, size=spec.image_size, spec=spec, normalize=False)  # type: ignore[arg-type]
+        return crop(img)
+    if img.size != (spec.native_size, spec.native_size):
+        img = img.resize((spec.native_size, spec.native_size), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
 
 def load_image(path: Path, spec: InputSpec) -> Tensor:

@@ -50,6 +50,13 @@ class InputSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    @property
+    def pixel_size(self) -> int:
+        """The size N of the raw images the run's :class:`~ltray.inference.model.PixelModel`
+        takes: the decode size of in-memory families (resized to ``image_size`` inside), the
+        crop size of the imagenet family (resize + centre crop happen before)."""
+        return self.image_size if self.family == "imagenet" else self.native_size
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
         return cls(
@@ -142,16 +149,32 @@ class LoadedRun:
 
     @torch.inference_mode()
     def logits(self, x: Tensor) -> dict[str, Tensor]:
-        """Images [B, C_in, S, S] (preprocessed, see :mod:`ltray.inference.images`) → logits
-        [B, C] of every head."""
+        """Images [B, C_in, S, S] normalised as ``self.input`` says (see
+        :func:`ltray.inference.images.load_image`) → logits [B, C] of every head."""
         return self.head_logits(self.net.backbone(x.to(self.device)).float())
 
     def model(self, head: str | None = None) -> torch.nn.Module:
-        """A plain ``nn.Module``: images [B, C_in, S, S] → logits [B, C] of ``head`` (default:
-        the run's ``eval.select_head``), e.g. for ``mlflow.pytorch``."""
-        from ltray.inference.model import HeadModel
+        """A plain ``nn.Module``: raw images uint8 [B, C_in, N, N] (0..255, or float in [0, 1])
+        → logits [B, C] of ``head`` (default: the run's ``eval.select_head``), normalised inside
+        with ``self.input`` (:class:`~ltray.inference.model.PixelModel`), e.g. for
+        ``mlflow.pytorch``."""
+        from ltray.inference.model import PixelModel
 
-        return HeadModel.from_run(self, head or self.config.eval.select_head)
+        return PixelModel.from_run(self, head or self.config.eval.select_head)
+
+    def input_example(self) -> np.ndarray:
+        """uint8 [2, C_in, N, N]: two real images of the run's test split as the exported model
+        takes them (saved with the cache; for older runs read from the run's data again)."""
+        from ltray.train.rundir import read_input_example
+
+        example = read_input_example(self.run_dir)
+        if example is not None:
+            return example
+        from ltray.data import prepare_data
+        from ltray.train.rundir import pixel_examples
+
+        data = prepare_data(self.config.data, check_images=False, write_splits=False)
+        return pixel_examples(data)
 
 
 def resolve_run(run: str | Path, *, tracking_uri: str | None = None) -> tuple[Path, str | None]:

@@ -1,15 +1,31 @@
 """One head of a run as a plain ``nn.Module`` (images → logits tensor) and its MLflow model.
 
 MLflow's PyTorch flavour, TorchScript and ONNX want a module whose ``forward`` returns a tensor;
-:class:`~ltray.models.LTNet` returns a :class:`~ltray.models.NetOutput`. :class:`HeadModel` wraps
-the network and one head:
+:class:`~ltray.models.LTNet` returns a :class:`~ltray.models.NetOutput`. Two wrappers:
 
-    model = ltray.load_run(run_dir).model("kt")        # nn.Module, eval mode
-    logits = model(x)                                  # [B, C]
+- :class:`PixelModel` takes images as a user has them — **uint8 [B, C_in, N, N], values
+  0..255, channels first** (gray: 1 channel; colour: RGB), N = the run's pixel size
+  (``run.input.pixel_size``: 8 for digits, 28 for MNIST, 32 for CIFAR, the crop size S for
+  the imagenet family, whose images are resized to S·256/224 and centre-cropped to S first,
+  as ``ltray predict`` does) — and normalises inside with the run's own input spec (mean and
+  std per channel, resize to the network's input size), then scores one head. In Python it
+  also takes float images in [0, 1]; the exported MLflow model takes uint8 only (the
+  ``torch.export`` graph is traced on uint8, another dtype is refused);
+- :class:`HeadModel` takes images already normalised as ``run.input`` says (what
+  ``run.logits`` takes).
 
-:func:`log_model` logs it to an MLflow run under the artifact path ``model`` (input example,
-signature, class names and the input spec as metadata), so that
-``mlflow.pytorch.load_model("runs:/<run id>/model")`` gives the module back.
+    model = ltray.load_run(run_dir).model("kt")        # PixelModel, eval mode
+    logits = model(images)                             # uint8 [B, C_in, N, N] → [B, C]
+
+:func:`log_model` logs the :class:`PixelModel` to an MLflow run under the artifact path
+``model`` (a real image of the run's data as input example, the uint8 signature inferred from
+it, class names and input spec as metadata), so that
+``mlflow.pytorch.load_model("runs:/<run id>/model")(images)`` gives what ``ltray predict``
+gives for the same files.
+
+Mean and std come from the run's recorded input spec (``run.input``, read from its cache's
+``meta.json`` by :func:`ltray.inference.load.load_run`) and nowhere else: never from the
+family's constants.
 """
 
 from __future__ import annotations
@@ -19,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ltray.inference.load import InputSpec
 from ltray.models import LTNet, ncm_logits
 from ltray.tracking.models import LoggedModel, log_pytorch_model, register_model
 from ltray.tracking.models import using_tracking_uri as _using_tracking_uri  # noqa: F401
@@ -26,14 +43,14 @@ from ltray.tracking.models import using_tracking_uri as _using_tracking_uri  # n
 if TYPE_CHECKING:
     from ltray.inference.load import LoadedRun
 
-__all__ = ["HeadModel", "log_model", "register_model", "MODEL_ARTIFACT"]
+__all__ = ["HeadModel", "PixelModel", "log_model", "register_model", "MODEL_ARTIFACT"]
 
 MODEL_ARTIFACT = "model"
 
 
 class HeadModel(nn.Module):
-    """Images [B, C_in, S, S] (normalised as the run's ``input`` spec says) → logits [B, C] of
-    one head.
+    """Images [B, C_in, S, S] normalised as the run's ``input`` spec says → logits [B, C] of
+    one head (:class:`PixelModel` takes raw pixels).
 
     Args:
         net: the trained network.
@@ -102,14 +119,69 @@ class HeadModel(nn.Module):
         return ncm_logits(h, self.means, metric=self.metric, valid=self.valid)
 
 
+class PixelModel(nn.Module):
+    """Images as a user has them → logits [B, C] of one head.
+
+    Input: uint8 [B, C_in, N, N] with values 0..255 (or, in Python, float in [0, 1]),
+    channels first, N = ``spec.pixel_size``. Inside: ``(x/255 − mean)/std`` per channel with
+    the run's recorded mean and std (the loaders' formula, :func:`~ltray.data.device.
+    normalize_nhwc`), a bilinear resize to ``spec.image_size`` where the run trained at another
+    size, then the head (:class:`HeadModel`).
+
+    Args:
+        head: the head's module (normalised images → logits).
+        spec: the run's input spec (``run.input``): the one source of mean and std.
+    """
+
+    def __init__(self, head: HeadModel, spec: InputSpec) -> None:
+        super().__init__()
+        self.head = head
+        self.in_channels = int(spec.in_channels)
+        self.pixel_size = int(spec.pixel_size)
+        self.image_size = int(spec.image_size)
+        device = next(head.parameters()).device  # the run's device (cpu, cuda)
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=device)
+        # The same two constants as normalize_nhwc: the same float results, element by element.
+        self.register_buffer("shift", (-mean / std).view(1, -1, 1, 1))
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, -1, 1, 1))
+        self.class_names = head.class_names
+        self.eval()
+
+    @classmethod
+    def from_run(cls, run: LoadedRun, head: str) -> PixelModel:
+        return cls(HeadModel.from_run(run, head), run.input)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[-1] != self.pixel_size:
+            raise ValueError(
+                f"expected images [B, {self.in_channels}, {self.pixel_size}, {self.pixel_size}] "
+                f"(channels first), got {list(x.shape)}"
+            )
+        if x.dtype == torch.uint8:
+            pixels = x.float()
+        elif x.is_floating_point():
+            pixels = x.float() * 255.0  # [0, 1] images
+        else:
+            raise ValueError(f"expected uint8 (0..255) or float ([0, 1]) images, got {x.dtype}")
+        y = torch.addcmul(self.shift, pixels, self.scale)
+        if self.image_size != self.pixel_size:
+            y = nn.functional.interpolate(
+                y, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
+        return self.head(y)
+
+
 def log_model(
     run: LoadedRun, *, run_id: str, tracking_uri: str, head: str | None = None
 ) -> LoggedModel:
-    """Log ``run``'s ``head`` (default: its ``eval.select_head``) to the MLflow run ``run_id`` in
-    the PyTorch flavour under ``model``, with an input example (2 zero-mean images), the
-    signature inferred from it, and the classes and input spec as metadata (the MLflow calls:
-    :func:`ltray.tracking.models.log_pytorch_model`). Returns the model's ``runs:/<run id>/model``
-    URI and MLflow model id."""
+    """Log ``run``'s ``head`` (default: its ``eval.select_head``) as a :class:`PixelModel` to
+    the MLflow run ``run_id`` in the PyTorch flavour under ``model``: the input example is two
+    real uint8 images of the run's data (``run.input_example()``), the signature (uint8
+    [-1, C_in, N, N] → float32 [-1, C]) is inferred from it, and the class names, input spec
+    and input format are metadata (the MLflow calls:
+    :func:`ltray.tracking.models.log_pytorch_model`). Returns the model's
+    ``runs:/<run id>/model`` URI and MLflow model id."""
     import ltray
 
     head = head or run.config.eval.select_head
@@ -117,7 +189,7 @@ def log_model(
         head = "linear"
     model = run.model(head).cpu()
     s = run.input
-    example = torch.zeros(2, s.in_channels, s.image_size, s.image_size)
+    example = torch.from_numpy(run.input_example())
     with torch.inference_mode():
         out = model(example)
     metadata: dict[str, Any] = {
@@ -125,6 +197,18 @@ def log_model(
         "head": head,
         "class_names": run.class_names,
         "input": {k: v for k, v in vars(s).items()},
+        "input_format": (
+            f"uint8 [B, {s.in_channels}, {s.pixel_size}, {s.pixel_size}], values 0..255, "
+            f"channels first ({'gray' if s.in_channels == 1 else 'RGB'}); normalised inside "
+            "with input.mean / input.std"
+            + (f", resized to {s.image_size}" if s.image_size != s.pixel_size else "")
+            + (
+                f"; resize to {round(s.image_size * 256 / 224)} and centre-crop to "
+                f"{s.image_size} first"
+                if s.family == "imagenet"
+                else ""
+            )
+        ),
         "run_dir": str(run.run_dir),
     }
     torch_req = f"torch=={torch.__version__.split('+')[0]}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ltray.errors import ConfigError
-from ltray.inference.images import load_image
+from ltray.inference.images import load_pixels
 from ltray.inference.load import LoadedRun
 
 __all__ = ["Prediction", "PredictResult", "predict_images", "write_predictions_csv"]
@@ -68,14 +68,14 @@ def predict_images(
     if topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {topk}")
     k = min(topk, run.num_classes)
-    model = run.model(head)
+    model = run.model(head)  # raw pixels in, normalised inside: the exported model's path
     result = PredictResult(head=head, topk=k)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         ok, images = [], []
         for p in chunk:
             try:
-                images.append(load_image(p, run.input))
+                images.append(load_pixels(p, run.input))
                 ok.append(p)
             except (OSError, ValueError) as exc:
                 result.failed.append((p, f"{type(exc).__name__}: {exc}"))

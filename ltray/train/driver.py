@@ -27,6 +27,7 @@ from ltray.paths import new_run_dir
 __all__ = [
     "train",
     "make_trainer",
+    "interruptible_trainer_class",
     "train_loop_per_worker",
     "prepare_run_dir",
     "load_run_config",
@@ -139,7 +140,8 @@ def prepare_run_dir(cfg: Config, out: str | Path | None, *, prefix: str) -> Path
 
 
 def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The resolved config of an earlier run, plus overrides (e.g. ``train.epochs=30``)."""
+    """The resolved config of an earlier run, plus overrides (e.g. ``train.epochs=30``; which
+    keys a resumed run may change: :data:`ltray.train.resume.RESUME_ALLOWED`)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise RunDirError(
@@ -196,6 +198,35 @@ def driver_runtime_env(address: str | None) -> dict[str, Any]:
     return out
 
 
+def interruptible_trainer_class(trainer_cls: type) -> type:
+    """``trainer_cls`` whose Ctrl-C ends ``fit()`` with a ``KeyboardInterrupt``.
+
+    Ray Train's own SIGINT handler (``DataParallelTrainer._register_sigint_handler``, Ray 2.60)
+    aborts the controller and then calls ``sys.exit(0)`` from inside the handler, so the
+    command ended with exit code 1 and no word. Here the first Ctrl-C aborts the run the same
+    way (the workers stop; every epoch whose checkpoint and metrics line were written stays)
+    and raises ``KeyboardInterrupt``, which the CLI turns into one line and exit code 130."""
+
+    class Interruptible(trainer_cls):  # type: ignore[misc, valid-type]
+        def _register_sigint_handler(self, controller: Any) -> None:
+            import contextlib
+            import signal
+
+            import ray
+
+            def on_sigint(signum: int, frame: Any) -> None:
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # a 2nd Ctrl-C: now
+                # A controller that has gone already has nothing left to stop.
+                with contextlib.suppress(ray.exceptions.RayError):
+                    ray.get(controller.abort.remote())
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, on_sigint)
+
+    Interruptible.__name__ = Interruptible.__qualname__ = trainer_cls.__name__
+    return Interruptible
+
+
 def make_trainer(
     cfg: Config,
     run_dir: Path,
@@ -231,6 +262,7 @@ def make_trainer(
         from ltray.train.lean import lean_trainer_class
 
         trainer_cls = lean_trainer_class(trainer_cls)
+    trainer_cls = interruptible_trainer_class(trainer_cls)
     return trainer_cls(
         train_loop_per_worker,
         train_loop_config={
@@ -272,9 +304,22 @@ def train(
     """[1] Run one training job; returns (run directory, results)."""
     from ltray.data import prepare_data
     from ltray.resources import check_fits, cluster_resources, local_resources, resolve_scaling
-    from ltray.validate import check_config
+    from ltray.train.resume import check_resume, record_resume
+    from ltray.validate import check_config, ignored_settings
 
+    resume_from = None
+    if resume is not None:
+        run_dir = Path(resume).expanduser().resolve()
+        resume_from = run_dir / "checkpoints" / "last.pt"
+        if not resume_from.is_file():
+            raise RunDirError(
+                f"{resume_from}: no checkpoint to resume from; start a new run instead"
+            )
+        saved = load_run_config(run_dir, [])
+        check_resume(saved, cfg, run_dir)  # the run's config is the run's: refused before Ray
     check_config(cfg)  # every problem a registry or the schema knows, before data and Ray
+    for note in ignored_settings(cfg):
+        print(f"[ltray] note: {note}", flush=True)
     # What the run may use: this machine, or the cluster it joins (connecting starts nothing).
     if cfg.scaling.num_workers > 0 and address is not None:
         ray_init(address, dashboard=False)
@@ -284,14 +329,11 @@ def train(
     cfg = resolve_scaling(cfg, have)
     if cfg.scaling.num_workers > 0:
         check_fits(cfg.scaling, have, what=what)
-    resume_from = None
     data = None
     if resume is not None:
-        run_dir = Path(resume).expanduser().resolve()
-        last = run_dir / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise RunDirError(f"{last}: no checkpoint to resume from; start a new run instead")
-        resume_from = last
+        changes = check_resume(saved, cfg, run_dir)  # the allowed ones, scaling resolved
+        for key, (was, now) in changes.items():
+            print(f"[ltray] resume: {key} {was} → {now}", flush=True)
     else:
         # Validate the data before anything expensive: a bad root or list file fails here.
         data = prepare_data(cfg.data)
@@ -303,6 +345,8 @@ def train(
         run_dir = prepare_run_dir(cfg, out, prefix=f"{cfg.data.name}-{cfg.train.method}")
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "split.json").write_text(json.dumps(data.split_info, indent=1, default=str))
+    if resume is not None:
+        record_resume(run_dir, cfg, changes)  # config.yaml := what the run continues with
     try:
         _run(cfg, run_dir, resume_from=resume_from, address=address)
     except BaseException:

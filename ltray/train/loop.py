@@ -32,6 +32,7 @@ from torch import nn
 
 from ltray.config import Config, config_hash
 from ltray.data import LTData, make_loader, prepare_data, shard_loader
+from ltray.errors import ConfigError, RunDirError
 from ltray.fusion.base import FitContext
 from ltray.metrics import HeadMetrics
 from ltray.models import LTNet
@@ -50,7 +51,9 @@ from ltray.train.evaluate import (
     to_device,
 )
 from ltray.train.methods import StepContext
+from ltray.train.resume import run_hash
 from ltray.train.schedule import base_lr, lr_factor
+from ltray.validate import format_problems, ignored_problems
 
 __all__ = ["run_training", "seed_everything", "load_state", "finalize_run"]
 
@@ -82,11 +85,16 @@ def _resume_state(
     """The newest state this run can continue from, and where it came from.
 
     Candidates: the checkpoint Ray restored into a restarted worker group, the one ``--resume``
-    named, and the run's own ``checkpoints/last.pt`` when it holds this config's state. The last
+    named, and the run's own ``checkpoints/last.pt`` when it holds this run's state. The last
     covers a worker killed after rank 0 wrote ``last.pt`` but before Ray registered the epoch's
     report (or before any report): without it the group would restart from an older epoch or
     from scratch. With several workers, rank 0 chooses and sends the state to the others, so
     every rank starts at the same epoch even where only rank 0's node holds the run directory.
+
+    Every candidate must have been written by this run: its ``run_hash`` (the config without
+    the keys a resume may change, :func:`ltray.train.resume.run_hash`) must be this config's.
+    A foreign ``last.pt`` in a fresh folder is skipped (training starts at epoch 1); a foreign
+    or changed state named by ``--resume`` or restored by Ray is refused (:class:`RunDirError`).
     """
     chosen: tuple[Path | None, dict[str, Any] | None] = (None, None)
     shared = world > 1 and dist.is_available() and dist.is_initialized()
@@ -95,8 +103,15 @@ def _resume_state(
         candidates = [ctx.restored_state(), resume_from, own if own.is_file() else None]
         for path in dict.fromkeys(Path(c) for c in candidates if c is not None):
             state = load_state(path)
-            if path == own and resume_from is None and state.get("config_hash") != config_hash(cfg):
-                continue  # not this config's state: never continue another run's weights
+            if not _same_run(state, cfg, named=path == resume_from):
+                if path == own and resume_from is None:
+                    continue  # not this run's state: never continue another run's weights
+                raise RunDirError(
+                    f"{path}: this checkpoint was written by another run or config (run hash "
+                    f"{state.get('run_hash', '?')}, this config {run_hash(cfg)}); a run "
+                    "continues only its own checkpoints: resume it with its own config.yaml, "
+                    "or start a new run"
+                )
             if chosen[1] is None or int(state["epoch"]) > int(chosen[1]["epoch"]):
                 chosen = (path, state)
     if shared:
@@ -104,6 +119,15 @@ def _resume_state(
         dist.broadcast_object_list(box, src=0)
         chosen = box[0]
     return chosen
+
+
+def _same_run(state: dict[str, Any], cfg: Config, *, named: bool) -> bool:
+    """Whether checkpoint ``state`` belongs to the run ``cfg`` describes. Checkpoints written
+    before ``run_hash`` was stamped carry only the full config hash: such a state matches that
+    hash, or is taken when ``--resume`` named it (the driver compared ``config.yaml`` first)."""
+    if "run_hash" in state:
+        return bool(state["run_hash"] == run_hash(cfg))
+    return named or state.get("config_hash") == config_hash(cfg)
 
 
 def _device(cfg: Config, local_rank: int) -> torch.device:
@@ -147,6 +171,11 @@ def run_training(
     Returns the final results on rank 0 (``None`` elsewhere or without ``finalize``).
     """
     t_enter = time.time()
+    # What the driver's checks refuse, again here: a sweep's trial combines sampled values
+    # that were checked one at a time (kt.class_balance=true with data.sampler=class_balanced).
+    refused = ignored_problems(cfg)
+    if refused:
+        raise ConfigError(format_problems(refused))
     run_dir = Path(run_dir)
     world, rank = ctx.world_size, ctx.rank
     is_main = rank == 0
@@ -402,6 +431,7 @@ def run_training(
                     "epoch": epoch,
                     "best": best,
                     "config_hash": config_hash(cfg),
+                    "run_hash": run_hash(cfg),
                 },
                 is_best=bool(metrics.get("is_best")),
             )

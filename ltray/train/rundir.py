@@ -2,8 +2,12 @@
 
 ```
 RUN_DIR/
-  config.yaml          resolved config (written by the driver before training starts)
-  split.json           what data was used (source, seed, protocol, counts)
+  config.yaml          resolved config (written by the driver before training starts; after
+                       a resume that changed an allowed key, the config the run continues
+                       with: ltray.train.resume)
+  config.before-resume-<n>.yaml   the config.yaml a resume replaced
+  resumes.jsonl        one line per `ltray train --resume` (epochs done, changed keys)
+  split.json           what data was used (source, seed, protocol, counts, list files)
   metrics.jsonl        one line per reported epoch, append-only (restarts add lines, never erase)
   metrics.csv          the same, last record per epoch
   checkpoints/last.pt  checkpoints/best.pt (best val score of eval.select_head and
@@ -11,7 +15,8 @@ RUN_DIR/
   results.json         val/test metrics of every head with the best-val checkpoint
   table.txt            the Many / Medium / Few / Overall table
   per_class.png        per-class test accuracy against train class frequency
-  cache/               train/val/test features + logits as Parquet (ltray.fusion.cache)
+  cache/               train/val/test features + logits as Parquet (ltray.fusion.cache), and
+                       input_example.npy: two raw test images (the exported model's example)
 ```
 """
 
@@ -37,11 +42,14 @@ __all__ = [
     "save_checkpoint",
     "append_metrics",
     "write_split_info",
+    "read_split_info",
     "read_metrics",
     "parse_metrics",
     "progress_line",
     "write_cache",
     "input_spec",
+    "pixel_examples",
+    "read_input_example",
     "write_results",
     "render_table",
     "results_table",
@@ -83,6 +91,12 @@ def write_split_info(run_dir: Path, info: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=1, default=str))
     return path
+
+
+def read_split_info(run_dir: Path) -> dict[str, Any]:
+    """The run's ``split.json`` ({} for a run written without one)."""
+    path = Path(run_dir) / "split.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def append_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
@@ -161,7 +175,28 @@ def write_cache(
             "input": input_spec(data),
         },
     )
+    # Two real test images, raw: the input example of the exported model (ltray.inference.model).
+    np.save(cache_dir / "input_example.npy", pixel_examples(data), allow_pickle=False)
     return cache_dir
+
+
+def pixel_examples(data: Any, n: int = 2) -> np.ndarray:
+    """uint8 [n, C, N, N]: the first test image of each of the first ``n`` classes, as raw
+    pixels (the exported model's input; N = the decode size, or the crop size of file-backed
+    splits)."""
+    labels = np.asarray(data.labels("test"))
+    picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:n]]
+    pool = data.pools["test"]
+    if pool.images is not None:
+        return np.ascontiguousarray(pool.images[picks])
+    ds = data.dataset("test", augment=False, normalize=False)
+    return np.stack([np.asarray(ds[i][0], dtype=np.uint8) for i in picks])
+
+
+def read_input_example(run_dir: Path) -> np.ndarray | None:
+    """The run's ``cache/input_example.npy`` (None: a run written before it was saved)."""
+    path = Path(run_dir) / "cache" / "input_example.npy"
+    return np.load(path, allow_pickle=False) if path.is_file() else None
 
 
 def input_spec(data: Any) -> dict[str, Any]:

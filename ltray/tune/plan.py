@@ -14,6 +14,7 @@ command line with the same rule.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,13 @@ def _check_from_run(space: Space, opts: SweepOptions) -> None:
                 f"--from {opts.from_run}: no feature cache ({cache} missing); pass a run "
                 "directory written by `ltray train`"
             )
+        # The run's shot groups, not the space's base config's, decide which metrics exist.
+        from ltray.validate import format_problems, run_group_problems
+
+        meta = json.loads(cache.read_text())
+        empty = run_group_problems(meta, space.metrics, run=f"--from {opts.from_run}")
+        if empty:
+            raise ConfigError(format_problems(empty))
     if space.spec.kind != POSTHOC and opts.from_run:
         raise ConfigError("--from applies to post-hoc spaces (kind: posthoc) only")
 

@@ -67,6 +67,11 @@ def mlflow_uri(uri: str) -> Iterator[None]:
         yield
 
 
+def _test_pixels(cfg) -> np.ndarray:
+    """The run's test split as raw uint8 [N, 1, 8, 8] images, in its order."""
+    return np.ascontiguousarray(prepare_data(cfg.data).pools["test"].images)
+
+
 def _test_batch(cfg) -> torch.Tensor:
     data = prepare_data(cfg.data)
     loader = make_loader(data, "test", batch_size=512, augment=False, shuffle=False)
@@ -96,17 +101,33 @@ def test_load_run_and_the_mlflow_model_give_the_cached_test_logits(
         m = evaluate_logits(logits[head].numpy(), cache.test.labels, run.groups)
         assert m.overall == pytest.approx(tracked_run["results"]["heads"][head]["test"]["overall"])
 
-    # The MLflow model: PyTorch flavour under `model`, a plain tensor of logits out.
+    # The MLflow model: PyTorch flavour under `model`, a plain tensor of logits out, raw
+    # uint8 pixels in (before: normalised input, said only by metadata; [0, 1] images scored
+    # at chance).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    pixels = torch.from_numpy(_test_pixels(tracked_run["cfg"]))  # uint8 [N, 1, 8, 8]
     with torch.no_grad():
-        out = model(x)
+        out = model(pixels)
     assert isinstance(out, torch.Tensor)
     np.testing.assert_allclose(out.numpy(), cache.test.logits, atol=ATOL, rtol=0)  # linear
+    with pytest.raises(Exception, match="(?i)dtype"):  # the exported graph takes uint8 only
+        model(pixels.float() / 255)
+    # In Python the same module also takes [0, 1] floats.
+    eager = run.model("linear")
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            eager(pixels.float() / 255).numpy(), cache.test.logits, atol=ATOL, rtol=0
+        )
     info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
-    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 1, 8, 8)
+    spec = info.signature.inputs.to_dict()[0]["tensor-spec"]
+    assert tuple(spec["shape"]) == (-1, 1, 8, 8) and spec["dtype"] == "uint8"
     assert info.metadata["class_names"] == run.class_names
-    assert info.saved_input_example_info is not None
+    assert info.metadata["input_format"].startswith("uint8 [B, 1, 8, 8], values 0..255")
+    assert info.metadata["input"]["mean"] == list(run.input.mean)
+    example = mlflow.models.Model.load(f"runs:/{run_id}/model").load_input_example()
+    example = np.asarray(example)
+    assert example.dtype == np.uint8 and example.shape == (2, 1, 8, 8) and example.any()
 
     # An MLflow run URI loads the same run.
     again = ltray.load_run(f"runs:/{run_id}")
@@ -229,7 +250,111 @@ def test_best_trial_model_is_logged_and_registered(tracked_run: dict, tmp_path: 
     assert tags["ltray.registered_model"] == "models:/ltray-digits/1"
     with mlflow_uri(uri):
         model = mlflow.pytorch.load_model("models:/ltray-digits/1")
-    x = _test_batch(tracked_run["cfg"])[:8]
+    x = torch.from_numpy(_test_pixels(tracked_run["cfg"])[:8])
     with torch.no_grad():
         out = model(x)
     np.testing.assert_allclose(out.numpy(), read_cache(run_dir).test.logits[:8], atol=ATOL, rtol=0)
+
+
+def test_predict_and_the_mlflow_model_agree_on_raw_pngs(
+    tracked_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round trip of the issue (24, item 5): the same 20 test PNGs through `ltray predict`
+    and through `mlflow.pytorch.load_model` fed the PNGs' raw pixels agree on every top-1."""
+    from PIL import Image
+
+    run_dir, uri, run_id = tracked_run["run_dir"], tracked_run["uri"], tracked_run["run_id"]
+    images = _test_pixels(tracked_run["cfg"])
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    picks = np.linspace(0, len(images) - 1, 20).astype(int)  # every class
+    for i in picks:
+        Image.fromarray(images[i, 0], mode="L").save(folder / f"{i:03d}.png")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run_dir), str(folder), "--head", "linear", "--out", str(out)]) == 0
+    with open(out) as f:
+        predicted = {Path(r["path"]).name: int(r["class_id_1"]) for r in csv.DictReader(f)}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")  # the linear head (select_head)
+    names = sorted(predicted)
+    raw = np.stack([np.asarray(Image.open(folder / n))[None] for n in names])  # uint8 [20,1,8,8]
+    with torch.no_grad():
+        top1 = model(torch.from_numpy(raw)).argmax(1).tolist()
+    assert len(names) == 20 and top1 == [predicted[n] for n in names]
+    cache = read_cache(run_dir)
+    assert top1 == [int(cache.test.logits[int(n[:3])].argmax()) for n in names]
+
+
+def _folder_from_test(root: Path, images: np.ndarray, labels: np.ndarray, names: dict) -> Path:
+    """An ImageFolder whose train/, val/ and test/ each hold the given test images of the
+    classes in ``names`` (label → folder name)."""
+    from PIL import Image
+
+    for split in ("train", "val", "test"):
+        for c, name in names.items():
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in np.flatnonzero(labels == c):
+                Image.fromarray(images[i, 0], mode="L").save(d / f"{i:03d}.png")
+    return root
+
+
+def test_evaluate_matches_classes_by_name(tracked_run: dict, tmp_path: Path, capsys) -> None:
+    """Before: the number of classes was checked, not their names: one renamed class folder
+    (sorted order shifted) scored NCM 100% -> 0.0% without a word."""
+    run_dir = tracked_run["run_dir"]
+    data = prepare_data(tracked_run["cfg"].data)
+    images, labels = data.pools["test"].images, data.labels("test")
+    renamed = {c: ("zero" if c == 0 else str(c)) for c in range(10)}
+    root = _folder_from_test(tmp_path / "renamed", images, labels, renamed)
+    args = ["evaluate", str(run_dir), "data.name=imagefolder", f"data.root={root}"]
+    capsys.readouterr()
+    assert main([*args, "data.profile=as_is", "--posthoc", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "class zero is not a class of the run" in err and "class 0 is missing" in err
+
+    # Two classes, their folders in another order than the run's: remapped by name.
+    sub = _folder_from_test(tmp_path / "sub", images, labels, {3: "3", 7: "7"})
+    out = tmp_path / "sub-eval"
+    args = ["evaluate", str(run_dir), "data.name=imagefolder", f"data.root={sub}"]
+    assert main([*args, "data.profile=as_is", "--posthoc", "none", "--out", str(out)]) == 0
+    record = json.loads((out / "evaluation.json").read_text())
+    results = tracked_run["results"]
+    for head in ("linear", "kt"):
+        got = record["heads"][head]["test"]["per_class"]
+        own = results["heads"][head]["test"]["per_class"]
+        assert got[3] == pytest.approx(own[3]) and got[7] == pytest.approx(own[7]), head
+    assert any("have no image in this split" in n for n in record["notes"])
+
+
+def test_evaluate_on_a_reshuffled_split_drops_what_the_run_saw(
+    tracked_run: dict, tmp_path: Path
+) -> None:
+    """Before: `ltray evaluate RUN data.seed=1` scored 58 of its 200 test images that were the
+    run's training images (and more that were its val images)."""
+    run_dir, cfg = tracked_run["run_dir"], tracked_run["cfg"]
+    own = prepare_data(cfg.data)
+    seen = set(own.ids("train")) | set(own.ids("val"))
+    other = prepare_data(
+        cfg.model_copy(update={"data": cfg.data.model_copy(update={"seed": 1})}).data
+    )
+    overlap = [i for i in other.ids("test") if i in seen]
+    assert overlap  # the documented example does re-split one pool
+
+    out = tmp_path / "seed1"
+    assert (
+        main(["evaluate", str(run_dir), "data.seed=1", "--posthoc", "none", "--out", str(out)]) == 0
+    )
+    record = json.loads((out / "evaluation.json").read_text())
+    dropped = record["data"]["dropped"]
+    assert dropped["dropped_train"] + dropped["dropped_val"] == len(overlap)
+    assert record["data"]["size"] == 200 - len(overlap) == dropped["kept"]
+    assert any(
+        n.startswith(f"dropped {len(overlap)} of the 200 test images") for n in record["notes"]
+    )
+    # The run's own split is scored exactly as before: nothing dropped, the run's numbers.
+    same = tmp_path / "same"
+    assert main(["evaluate", str(run_dir), "--posthoc", "none", "--out", str(same)]) == 0
+    record = json.loads((same / "evaluation.json").read_text())
+    assert "dropped" not in record["data"] and record["data"]["size"] == 200

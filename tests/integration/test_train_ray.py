@@ -102,6 +102,42 @@ def test_killed_worker_recovers_from_its_checkpoint(tmp_path: Path) -> None:
     assert (run / "results.json").is_file()
 
 
+def test_ctrl_c_keeps_every_epoch_written_and_the_run_resumes(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) on `ltray train` after its first epoch: exit 130 with one line saying
+    so, every epoch recorded so far kept with its checkpoint, and `--resume` finishes the run
+    from there (issue 24, item 8)."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ltray.cli", "train", "train.epochs=30", "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not read_metrics(run):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before the first epoch was recorded"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted; results written so far are kept" in out, out[-3000:]
+    done = [m["epoch"] for m in read_metrics(run)]
+    assert done and done == list(range(1, len(done) + 1)) and len(done) < 30
+    from ltray.train.loop import load_state
+
+    state = load_state(run / "checkpoints" / "last.pt")  # a whole checkpoint, not a torn one
+    assert int(state["epoch"]) + 1 >= max(done)
+    assert not (run / "results.json").exists()
+
+    res = ltray("train", "--resume", str(run))
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[: len(done)] == done  # nothing written before the interrupt is lost
+    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 31))
+    assert (run / "results.json").is_file()
+
+
 def test_bad_input_fails_before_ray_starts(tmp_path: Path) -> None:
     t0 = time.time()
     res = ltray("train", "data.name=imagenet-lt-typo", "kt.phi=1.5", "--out", str(tmp_path / "r"))

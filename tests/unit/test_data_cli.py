@@ -48,3 +48,13 @@ def test_sources(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data", "sources"]) == 0
     out = capsys.readouterr().out
     assert "digits-lt" in out and "listfile" in out
+
+
+def test_stats_prints_every_split_per_class(capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: the table held train counts only and `splits:` a dict of totals."""
+    assert main(["data", "stats"]) == 0
+    out = capsys.readouterr().out
+    assert "images per class and split" in out
+    header = next(line for line in out.splitlines() if "class" in line and "train" in line)
+    assert "val" in header and "test" in header
+    assert "splits: train 544 (13-134 per class), val 200 (20-20 per class), test 200" in out

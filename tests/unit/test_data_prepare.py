@@ -307,10 +307,13 @@ def test_train_counts_of_folders_and_list_files(tmp_path: Path) -> None:
     from ltray.data.counts import train_counts
 
     _tree(tmp_path / "lt", MY_LT)
-    _tree(tmp_path / "flat", {"train": {"a": 12, "b": 12, "c": 12}, "test": {"a": 5, "b": 5}})
+    flat = {"train": {"a": 12, "b": 12, "c": 12}, "test": {"a": 5, "b": 5, "c": 5}}
+    _tree(tmp_path / "flat", flat)
     for cfg in (
         DataConfig(name="imagefolder", root=str(tmp_path / "lt"), val_per_class=2),
-        DataConfig(name="imagefolder", root=str(tmp_path / "flat"), imbalance_ratio=4),
+        DataConfig(
+            name="imagefolder", root=str(tmp_path / "flat"), imbalance_ratio=4, val_per_class=2
+        ),
     ):
         assert train_counts(cfg).tolist() == prepare_data(cfg).class_counts.tolist()
     listed = tmp_path / "train.txt"
@@ -318,3 +321,73 @@ def test_train_counts_of_folders_and_list_files(tmp_path: Path) -> None:
     cfg = DataConfig(name="listfile", root=str(tmp_path), train_list=str(listed))
     assert train_counts(cfg).tolist() == [2, 0, 1]
     assert train_counts(DataConfig(name="imagefolder", root=str(tmp_path / "none"))) is None
+
+
+# ------------------------------------ every class keeps a val and a test image (issue 24, 4)
+
+
+def test_a_carve_that_empties_the_test_split_is_refused_with_the_numbers(tmp_path: Path) -> None:
+    """Before: 5 test images per class and data.val_per_class=20 gave `test 0` with no word,
+    and training crashed at its end (torch.cat of no test batch)."""
+    _tree(tmp_path, {"train": {"a": 12, "b": 12, "c": 12}, "test": {"a": 5, "b": 6, "c": 9}})
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), imbalance_ratio=4)
+    with pytest.raises(DataError) as err:
+        prepare_data(cfg)
+    msg = str(err.value)
+    assert "data.val_per_class=20 carves every test image of class 0 (a), 1 (b), 2 (c)" in msg
+    assert "lower data.val_per_class to 4 (the smallest class has 5 test images)" in msg
+    data = prepare_data(cfg.model_copy(update={"val_per_class": 4}))
+    assert data.split_info["test_counts"] == [1, 2, 5]
+    assert data.split_info["val_counts"] == [4, 4, 4]
+
+
+def test_a_class_without_test_images_is_refused_not_scored_nan(tmp_path: Path) -> None:
+    """Before: the class got a NaN accuracy and silently dropped out of its group and of
+    overall."""
+    _tree(tmp_path, {"train": {"a": 12, "b": 12, "c": 12}, "test": {"a": 5, "b": 5}})
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), imbalance_ratio=4, val_per_class=2)
+    with pytest.raises(DataError, match=r"class 2 \(c\) has no test images in .*/test"):
+        prepare_data(cfg)
+
+
+def test_a_class_without_val_images_in_an_own_val_split_is_refused(tmp_path: Path) -> None:
+    spec = {
+        "train": {"a": 12, "b": 12},
+        "val": {"a": 2},
+        "test": {"a": 3, "b": 3},
+    }
+    _tree(tmp_path, spec)
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), imbalance_ratio=1)
+    with pytest.raises(DataError, match=r"class 1 \(b\) has no val images in .*/val; .*remove"):
+        prepare_data(cfg)
+
+
+# --------------------------------------- the decode cache keys on file contents (issue 24, 6)
+
+
+def test_an_image_overwritten_in_place_is_read_again(tmp_path: Path) -> None:
+    """Before: the cache key was (source, root, mode, file list): the overwritten file kept its
+    old pixels in training and evaluation while `ltray predict` read the new ones."""
+    import os
+
+    from PIL import Image
+
+    _tree(tmp_path, {"train": {"a": 4, "b": 4}, "test": {"a": 3, "b": 3}}, mode="L")
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), imbalance_ratio=1, val_per_class=1)
+    first = prepare_data(cfg)
+    i = first.ids("train").index("train/b/0002.png")
+    old = np.array(first.pools["train"].images[i])
+    path = tmp_path / "train" / "b" / "0002.png"
+    Image.fromarray(255 - old[0]).save(path)  # same name, same size, new pixels
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # coarse clocks
+    again = prepare_data(cfg)
+    assert np.array_equal(again.pools["train"].images[i], 255 - old)
+    assert again.ids("train") == first.ids("train")
+
+
+def test_the_as_is_note_says_an_asked_ratio_is_not_applied(tmp_path: Path) -> None:
+    _tree(tmp_path, MY_LT)
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), val_per_class=2, imbalance_ratio=100)
+    notes = prepare_data(cfg).split_info["notes"]
+    assert any("data.imbalance_ratio=100 is NOT applied" in n for n in notes)

@@ -197,3 +197,17 @@ def test_reproduce_starts_a_ray_whose_training_workers_are_not_niced(monkeypatch
     assert start_ray(None, num_cpus=3) is True
     assert seen["_system_config"]["worker_niceness"] == 0
     assert seen["num_cpus"] == 3
+
+
+def test_ctrl_c_hook_of_the_trainer_is_still_there() -> None:
+    """`ltray train` replaces Ray Train's SIGINT handler (which exited 1 without a word) with
+    one that raises KeyboardInterrupt (exit 130); a Ray release that renames the hook would
+    bring the silent exit back, so its presence is pinned."""
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from ltray.train.driver import interruptible_trainer_class
+
+    assert callable(getattr(DataParallelTrainer, "_register_sigint_handler", None))
+    cls = interruptible_trainer_class(DataParallelTrainer)
+    assert issubclass(cls, DataParallelTrainer)
+    assert cls._register_sigint_handler is not DataParallelTrainer._register_sigint_handler

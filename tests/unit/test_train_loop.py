@@ -373,3 +373,13 @@ def test_the_loop_steps_with_fused_sgd_which_follows_the_same_rule(
             ends.append([p.detach() for p in params])
         for a, b in zip(*ends, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_the_loop_refuses_a_combination_a_sweep_sampled(tmp_path: Path) -> None:
+    """A search space checks each sampled value on its own against the base config; a trial
+    that draws kt.class_balance=true and data.sampler=class_balanced together is refused by
+    the loop before any data is read, not trained with tail classes weighted twice."""
+    cfg = load_config(None, [*TINY, "kt.class_balance=true", "data.sampler=class_balanced"])
+    with pytest.raises(ConfigError, match="so they count twice"):
+        run_training(cfg, tmp_path, LocalContext())
+    assert not any(tmp_path.iterdir())

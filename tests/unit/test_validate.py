@@ -326,3 +326,106 @@ def test_groups_that_exist_pass(tmp_path: Path) -> None:
     # rho=500: the smallest class keeps 10 images, under the few threshold
     assert metric_problems(cifar_like(tmp_path, "data.imbalance_ratio=500"), ["val_kt_few"]) == []
     assert metric_problems(load_config(None, []), ["val_kt_few", "val_linear_many"]) == []
+
+
+# --------------------------- settings a run would ignore or apply twice (issue 24, item 7)
+
+
+def lt_folder(root: Path) -> Path:
+    """An ImageFolder whose train/ is already long-tailed (40 down to 5 images per class)."""
+    import numpy as np
+    from PIL import Image
+
+    for split, counts in (("train", [40, 20, 10, 5]), ("test", [3, 3, 3, 3])):
+        for c, n in enumerate(counts):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8), 6 * i, dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # Before: the memory and all four heads were still built and scored.
+        (["memory.enabled=false"], "memory.enabled=false with train.method=kt: the memory is"),
+        # Before: tail classes weighted twice, no word.
+        (
+            ["kt.class_balance=true", "data.sampler=class_balanced"],
+            "so they count twice; set kt.class_balance=false or data.sampler=instance",
+        ),
+        (
+            ["train.method=oltr", "oltr.stage1=/x", "data.sampler=sqrt"],
+            "data.sampler=sqrt would be ignored: train.method=oltr samples class-aware",
+        ),
+    ],
+)
+def test_a_setting_the_run_would_ignore_or_double_is_refused(
+    overrides: list[str], expected: str
+) -> None:
+    assert any(expected in p for p in problems(*overrides)), problems(*overrides)
+
+
+def test_memory_off_with_the_kt_head_off_really_turns_it_off() -> None:
+    from ltray.models import build_network
+
+    cfg = load_config(None, ["memory.enabled=false", "kt.enabled=false"])
+    assert problems("memory.enabled=false", "kt.enabled=false") == []
+    assert list(val_heads(cfg)) == ["linear"]
+    net = build_network(cfg, num_classes=10, in_channels=1, small_input=True)
+    assert net.memory is None and getattr(net, "kt_head", None) is None
+
+
+def test_a_ratio_on_a_folder_used_as_it_is_is_refused(tmp_path: Path) -> None:
+    """Before: data.imbalance_ratio=100 on an already long-tailed folder was dropped (profile
+    as_is) and the note did not say so."""
+    root = lt_folder(tmp_path / "lt")
+    base = ["data.name=imagefolder", f"data.root={root}"]
+    (found,) = problems(*base, "data.imbalance_ratio=100")
+    assert found.startswith("data.imbalance_ratio=100 would be ignored: ")
+    assert "already long-tailed" in found and "set data.profile=exp" in found
+    assert problems(*base) == []  # used as it is, as asked
+    assert problems(*base, "data.imbalance_ratio=100", "data.profile=exp") == []
+    listed = ["data.name=listfile", f"data.root={tmp_path}", "data.imbalance_ratio=50"]
+    assert any("data.name=listfile takes the split" in p for p in problems(*listed))
+
+
+def test_keys_a_shared_base_config_sets_for_other_methods_are_noted() -> None:
+    from ltray.validate import ignored_settings
+
+    cfg = load_config(None, ["train.method=ce", "kt.phi=0.5", "kt.class_balance=true"])
+    assert config_problems(cfg) == []  # a preset's KT settings reach its CE runs: not refused
+    assert ignored_settings(cfg) == [
+        "kt.phi=0.5, kt.class_balance=true not used: train.method=ce has no KT head"
+    ]
+    assert ignored_settings(load_config(None, [])) == []
+    off = load_config(None, ["memory.enabled=false", "kt.enabled=false", "memory.momentum=0.5"])
+    assert ignored_settings(off) == ["memory.momentum=0.5 not used: the run keeps no memory"]
+
+
+# ------------------------ empty shot groups before Ray in every path (issue 24, item 8)
+
+
+def test_a_posthoc_sweep_from_a_run_checks_the_runs_own_groups(tmp_path: Path) -> None:
+    """Before: `ltray tune --space llw.yaml --from RUN` with search.metric=val_fused_few on a
+    run without few-shot classes passed --dry-run and failed inside Tune (Ray's strict metric
+    check, a traceback)."""
+    import json
+
+    run = tmp_path / "run"
+    (run / "cache").mkdir(parents=True)
+    meta = {"class_counts": [134, 90, 70, 67], "many_threshold": 100, "few_threshold": 20}
+    (run / "cache" / "meta.json").write_text(json.dumps(meta))
+    space = tmp_path / "few.yaml"
+    text = (REPO / "search_spaces" / "llw.yaml").read_text()
+    space.write_text(text.replace("metric: val_fused_overall", "metric: val_fused_few"))
+    with pytest.raises(ConfigError, match=r"search.metric=val_fused_few: --from .* no few-shot"):
+        check_sweep(load_space(space), SweepOptions(from_run=str(run)))
+    space.write_text(text)
+    check_sweep(load_space(space), SweepOptions(from_run=str(run)))
+
+
+def test_an_lfme_expert_of_an_empty_group_is_refused() -> None:
+    (found,) = problems("train.method=lfme_expert", "lfme.subset=few", "data.imbalance_ratio=2")
+    assert found.startswith("lfme.subset=few: digits-lt at rho=2 has no few-shot class")
