@@ -1,15 +1,19 @@
 """ltray: long-tailed image recognition with a class-mean memory, post-hoc fusion and
 knowledge transfer, searched at scale with Ray Tune + Optuna and tracked in MLflow."""
 
-__version__ = "0.1.0"
+from ltray._version import __version__
 
 __all__ = ["__version__", "load_run", "LoadedRun"]
 
 
 def __getattr__(name: str) -> object:
     # Lazy: `import ltray` (and so `ltray --help`) must not import torch.
-    if name in ("load_run", "LoadedRun"):
-        from ltray import inference
+    if name == "load_run":
+        from ltray.tracking.models import load_run  # a run directory or an MLflow runs:/ URI
 
-        return getattr(inference, name)
+        return load_run
+    if name == "LoadedRun":
+        from ltray.inference import LoadedRun
+
+        return LoadedRun
     raise AttributeError(f"module 'ltray' has no attribute {name!r}")

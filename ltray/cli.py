@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from ltray import __version__
+from ltray._version import __version__
 from ltray.errors import LtrayError
 
 __all__ = ["main", "COMMANDS"]

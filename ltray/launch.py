@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ltray.config import Config
+from ltray.fusion.cache import read_cache
+from ltray.train import driver
 
 __all__ = [
     "TRAIN_DRIVER",
@@ -52,17 +54,15 @@ def start_ray(
     """
     import ray
 
-    from ltray.train.driver import TRAINING_RAY, ray_init
-
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {}
     if address in (None, "local"):
         kwargs["resources"] = {TRAIN_DRIVER: 1000}
-        kwargs["_system_config"] = dict(TRAINING_RAY)
+        kwargs["_system_config"] = dict(driver.TRAINING_RAY)
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
-    ray_init(address, dashboard=dashboard, **kwargs)
+    driver.ray_init(address, dashboard=dashboard, **kwargs)
     return True
 
 
@@ -101,7 +101,7 @@ def in_process(cfg: Config) -> Config:
 def method_settings(method: str, settings: Mapping[str, Any] | None, seed: int) -> dict[str, Any]:
     """``settings`` of post-hoc ``method`` with its ``seed`` set to ``seed`` when it has one and
     the settings do not name it."""
-    from ltray.fusion import FUSION_METHODS
+    from ltray.fusion.methods import FUSION_METHODS
 
     fields = FUSION_METHODS.get(method).settings.model_fields
     out = dict(settings or {})
@@ -141,8 +141,7 @@ def fit_posthoc(
     """Fit each method of ``paths`` on the cache of ``run_dir`` (choices on val, test only
     reported) and write its document to ``paths[method]``; a document already there is kept.
     Returns the seconds spent."""
-    from ltray.fusion import run_method
-    from ltray.fusion.cache import read_cache
+    from ltray.fusion.methods import run_method
 
     t0 = time.time()
     todo = {m: p for m, p in paths.items() if not Path(p).is_file()}

@@ -22,8 +22,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from ltray.config import Config
+from ltray.data.counts import train_counts
+from ltray.data.prepare import effective_profile
+from ltray.data.sources import SOURCES
 from ltray.errors import ConfigError
-from ltray.metrics import GROUP_NAMES
+from ltray.metrics import GROUP_NAMES, shot_groups
+from ltray.train.catalog import TRAIN_METHODS
+from ltray.train.methods import Checks, TrainMethod
+from ltray.train.rundir import RunDir
 
 __all__ = [
     "BACKBONE_NAMES",
@@ -44,10 +50,11 @@ __all__ = [
     "ignored_problems",
 ]
 
-# The registries' names, known without importing torch (tests pin them to BACKBONES and
-# TRAIN_METHODS, so a new entry that is not listed here fails the suite, not a user).
+# The backbones' names, known without importing torch (a test pins them to BACKBONES, so a new
+# entry that is not listed here fails the suite, not a user). The methods' come from their
+# registry, whose classes import no torch.
 BACKBONE_NAMES = ("resnet10", "resnet18", "resnet32")
-METHOD_NAMES = ("ce", "kt", "lfme", "lfme_expert", "oltr")
+METHOD_NAMES = tuple(TRAIN_METHODS.names())
 # What each head reports per split: `<split>_<head>_<key>` (ltray.train.evaluate.flat_metrics).
 METRIC_KEYS = ("overall", "top1", "top5", "many", "medium", "few", "ece")
 SELECT_KEYS = ("overall", "top1", "top5", "many", "medium", "few")  # accuracies (max is best)
@@ -59,15 +66,20 @@ _ROOT_NEEDED = {
     "imagefolder": "a folder with train/<class>/ and test/<class>/",
     "listfile": "the image root the list files' paths are relative to",
 }
-_NO_MIXUP = ("oltr", "lfme", "lfme_expert")
+
+
+def _method(cfg: Config) -> TrainMethod | None:
+    """The method ``train.method`` names (None for an unknown name, reported on its own)."""
+    if cfg.train.method not in TRAIN_METHODS:
+        return None
+    return TRAIN_METHODS.get(cfg.train.method)()
 
 
 def has_memory(cfg: Config) -> bool:
-    """Whether the network keeps the class-mean memory: ``kt`` reads its teacher from it, the
-    other methods keep it where ``memory.enabled``."""
-    if cfg.train.method == "kt":
-        return cfg.memory.enabled or cfg.kt.enabled
-    return cfg.memory.enabled
+    """Whether the network keeps the class-mean memory (the method's rule: ``kt`` reads its
+    teacher from it; the others keep it where ``memory.enabled``)."""
+    method = _method(cfg)
+    return method.has_memory(cfg) if method is not None else cfg.memory.enabled
 
 
 def val_heads(cfg: Config) -> dict[str, int | None]:
@@ -75,7 +87,7 @@ def val_heads(cfg: Config) -> dict[str, int | None]:
     evaluated epoch has their score; ``None``: only at some epochs (the memory's init epoch)."""
     epochs, k = cfg.train.epochs, cfg.memory.init_epoch
     heads: dict[str, int | None] = {"linear": 1}
-    if cfg.train.method == "kt" and cfg.kt.enabled:
+    if has_kt_head(cfg):
         heads["kt"] = 1
     if has_memory(cfg) and k <= epochs:
         heads["ncm_ema"] = max(k, 1)
@@ -93,7 +105,6 @@ def metric_names(cfg: Config, *, kind: str = "train") -> list[str]:
 
 
 def _data_problems(cfg: Config) -> list[str]:
-    from ltray.data.sources import SOURCES  # numpy only
 
     d = cfg.data
     if d.name not in SOURCES:
@@ -127,57 +138,25 @@ def _data_problems(cfg: Config) -> list[str]:
 
 
 def _method_problems(cfg: Config) -> list[str]:
-    m = cfg.train.method
-    if m not in METHOD_NAMES:
-        return [f"train.method={m}: unknown training method; known: {', '.join(METHOD_NAMES)}"]
+    """The method's own problems (its rules, :class:`~ltray.train.methods.TrainMethod`)."""
+    method = _method(cfg)
+    if method is None:
+        return [
+            f"train.method={cfg.train.method}: unknown training method; known: "
+            f"{', '.join(METHOD_NAMES)}"
+        ]
     out = []
-    if m in _NO_MIXUP and cfg.mixup.variant != "none":
+    if not method.mixup and cfg.mixup.variant != "none":
         out.append(
-            f"mixup.variant={cfg.mixup.variant}: train.method={m} is not defined with mixup; "
-            "set mixup.variant=none"
+            f"mixup.variant={cfg.mixup.variant}: train.method={cfg.train.method} is not defined "
+            "with mixup; set mixup.variant=none"
         )
-    if m == "oltr":
-        stage1 = cfg.oltr.stage1
-        if stage1 is None:
-            out.append(
-                "oltr.stage1 is not set; train.method=oltr is OLTR's stage 2 on top of a stage-1 "
-                "run: train one with `ltray train train.method=ce` (same data.* and "
-                "model.backbone) and pass oltr.stage1=RUN_DIR"
-            )
-        else:
-            out += _run_dir_problems("oltr.stage1", stage1, "train.method=ce")
-    if m == "lfme":
-        if not cfg.lfme.experts:
-            out.append(
-                "lfme.experts is empty; train.method=lfme distils shot-group experts: train them "
-                "with `ltray train train.method=lfme_expert lfme.subset=many` (and medium, few) "
-                "and pass lfme.experts=[RUN_MANY,RUN_MEDIUM,RUN_FEW]"
-            )
-        for run in cfg.lfme.experts:
-            out += _run_dir_problems("lfme.experts", run, "train.method=lfme_expert")
-    if m == "lfme_expert" and cfg.lfme.subset is None:
-        out.append("lfme.subset is not set; train.method=lfme_expert needs many, medium or few")
-    elif m == "lfme_expert" and (why := empty_groups(cfg).get(str(cfg.lfme.subset))):
-        out.append(
-            f"lfme.subset={cfg.lfme.subset}: {why}; the expert would have no train image: "
-            "train experts of the groups the split has"
-        )
-    return out
+    checks = Checks(empty_groups=lambda: empty_groups(cfg), run_dir=_run_dir_problems)
+    return out + method.problems(cfg, checks)
 
 
 def _run_dir_problems(key: str, run: str, how: str) -> list[str]:
-    path = Path(run).expanduser()
-    if not (path / "config.yaml").is_file():
-        return [
-            f"{key}={run}: not a run directory of `ltray train` (no config.yaml); train it "
-            f"with `ltray train {how}` and pass its directory"
-        ]
-    if not (path / "checkpoints" / "best.pt").is_file():
-        return [
-            f"{key}={run}: no checkpoints/best.pt (no evaluated epoch); finish it with "
-            f"`ltray train --resume {run}`"
-        ]
-    return []
+    return RunDir(run).problems(key, how)
 
 
 def _non_default(section: BaseModel, names: tuple[str, ...]) -> list[str]:
@@ -194,8 +173,9 @@ def _non_default(section: BaseModel, names: tuple[str, ...]) -> list[str]:
 
 
 def has_kt_head(cfg: Config) -> bool:
-    """Whether the network trains the KT head (``train.method=kt`` with ``kt.enabled``)."""
-    return cfg.train.method == "kt" and cfg.kt.enabled
+    """Whether the network trains the KT head (the method's rule: ``kt`` with ``kt.enabled``)."""
+    method = _method(cfg)
+    return method is not None and "kt" in method.heads(cfg)
 
 
 def _ratio_unused(cfg: Config) -> str | None:
@@ -206,7 +186,6 @@ def _ratio_unused(cfg: Config) -> str | None:
         return "data.name=listfile takes the split its list files give (already long-tailed)"
     if d.name != "imagefolder" or d.root is None:
         return None if d.profile != "as_is" else "data.profile=as_is uses the train split as is"
-    from ltray.data.prepare import effective_profile
 
     try:
         profile = effective_profile(d)
@@ -228,13 +207,6 @@ def ignored_problems(cfg: Config) -> list[str]:
     :func:`ignored_settings`.)"""
     out = []
     m, d = cfg.train.method, cfg.data
-    if m == "kt" and cfg.kt.enabled and not cfg.memory.enabled:
-        out.append(
-            "memory.enabled=false with train.method=kt: the memory is the KT head's teacher, so "
-            "the KT head would train as a second plain CE head and the NCM heads would still "
-            "be scored; set kt.enabled=false as well (no memory, no NCM or KT head: the linear "
-            "head alone) or keep memory.enabled=true"
-        )
     if has_kt_head(cfg) and cfg.kt.class_balance and d.sampler == "class_balanced":
         out.append(
             "kt.class_balance=true with data.sampler=class_balanced: the sampler already shows "
@@ -255,10 +227,12 @@ def ignored_problems(cfg: Config) -> list[str]:
             f"data.profile={d.profile} would be ignored: data.name=listfile takes the split its "
             "list files give; drop data.profile"
         )
-    if m == "oltr" and d.sampler == "sqrt":
+    method = _method(cfg)
+    own = method.sampler(cfg) if method is not None else d.sampler
+    if own != d.sampler and _non_default(d, ("sampler",)):
         out.append(
-            "data.sampler=sqrt would be ignored: train.method=oltr samples class-aware "
-            "(class_balanced) by its definition; drop data.sampler or set it to class_balanced"
+            f"data.sampler={d.sampler} would be ignored: train.method={m} samples {own} by its "
+            f"definition; drop data.sampler or set it to {own}"
         )
     return out
 
@@ -270,9 +244,11 @@ def ignored_settings(cfg: Config) -> list[str]:
     run would ignore or double of its own settings is refused by :func:`config_problems`."""
     out = []
     m = cfg.train.method
+    method = _method(cfg)
+    sections = method.sections if method is not None else ()
     kt_keys = ("phi", "temperature", "mask", "class_balance", "detach_feature")
     if not has_kt_head(cfg) and (set_kt := _non_default(cfg.kt, kt_keys)):
-        why = "kt.enabled=false" if m == "kt" else f"train.method={m} has no KT head"
+        why = "kt.enabled=false" if "kt" in sections else f"train.method={m} has no KT head"
         out.append(f"{', '.join(f'kt.{k}' for k in set_kt)} not used: {why}")
     mem_keys = ("init_epoch", "momentum", "metric", "renormalize")
     if not has_memory(cfg) and (set_mem := _non_default(cfg.memory, mem_keys)):
@@ -286,11 +262,12 @@ def ignored_settings(cfg: Config) -> list[str]:
         )
     if cfg.mixup.variant == "none" and (alpha := _non_default(cfg.mixup, ("alpha",))):
         out.append(f"mixup.{alpha[0]} not used: mixup.variant=none")
-    if m != "oltr" and (set_oltr := _non_default(cfg.oltr, tuple(type(cfg.oltr).model_fields))):
-        out.append(f"{', '.join(f'oltr.{k}' for k in set_oltr)} not used: train.method={m}")
-    lfme_keys = tuple(type(cfg.lfme).model_fields)
-    if m not in ("lfme", "lfme_expert") and (set_lfme := _non_default(cfg.lfme, lfme_keys)):
-        out.append(f"{', '.join(f'lfme.{k}' for k in set_lfme)} not used: train.method={m}")
+    for name in ("oltr", "lfme"):  # the previous works' own sections
+        section = getattr(cfg, name)
+        if name not in sections and (
+            unused := _non_default(section, tuple(type(section).model_fields))
+        ):
+            out.append(f"{', '.join(f'{name}.{k}' for k in unused)} not used: train.method={m}")
     d = cfg.data
     if d.name != "listfile":
         lists = [f"data.{k}" for k in ("train_list", "val_list", "test_list") if getattr(d, k)]
@@ -312,8 +289,7 @@ def ignored_settings(cfg: Config) -> list[str]:
 
 def _memory_problems(cfg: Config) -> list[str]:
     k, epochs = cfg.memory.init_epoch, cfg.train.epochs
-    kt = cfg.train.method == "kt" and cfg.kt.enabled
-    if kt and k >= epochs:
+    if has_kt_head(cfg) and k >= epochs:
         return [
             f"memory.init_epoch={k} with train.epochs={epochs}: the memory is built at the end "
             f"of epoch {k}, so the KT head never sees its teacher (it trains as plain CE); set "
@@ -330,7 +306,8 @@ def _memory_problems(cfg: Config) -> list[str]:
 def _why_absent(cfg: Config, head: str) -> str:
     """Why a known head is not produced by ``cfg`` ("" for a name that is no head)."""
     if head == "kt":
-        if cfg.train.method == "kt":
+        method = _method(cfg)
+        if method is not None and "kt" in method.sections:
             return " (kt.enabled=false: the KT head is off)"
         return f" (train.method={cfg.train.method} has no KT head)"
     if head in ("ncm_ema", "ncm_full"):
@@ -341,8 +318,6 @@ def _why_absent(cfg: Config, head: str) -> str:
 def empty_groups(cfg: Config) -> dict[str, str]:
     """Shot groups the train split will not have → why (its counts, from the config alone:
     :func:`ltray.data.counts.train_counts`); ``{}`` when they cannot be known cheaply."""
-    from ltray.data.counts import train_counts
-    from ltray.metrics import shot_groups
 
     d = cfg.data
     counts = train_counts(d)
@@ -370,7 +345,6 @@ def run_group_problems(meta: dict[str, Any], metrics: list[str], *, run: str) ->
     """Metrics naming a shot group that a finished run's split has no class in, from its cache
     ``meta.json`` (train class counts and thresholds): a post-hoc sweep ``--from RUN`` reads the
     run's groups, not its own base config's."""
-    from ltray.metrics import shot_groups
 
     counts = meta.get("class_counts")
     if not counts:
@@ -432,7 +406,7 @@ def metric_problems(cfg: Config, metrics: list[str], *, kind: str = "train") -> 
     names, test metrics, and metrics missing from some epoch's report (Ray's strict metric
     check stops such a trial, with or without ASHA)."""
     out: list[str] = []
-    if kind != "posthoc" and cfg.train.method not in METHOD_NAMES:
+    if kind != "posthoc" and _method(cfg) is None:
         return out  # the heads depend on the method, reported on its own
     valid = metric_names(cfg, kind=kind)
     heads = val_heads(cfg)

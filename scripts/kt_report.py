@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ltray.metrics import format_mean_std, mean_std
-from ltray.train.rundir import read_metrics
+from ltray.train.rundir import RunDir
 
 GROUPS = ("many", "medium", "few", "overall")
 HEADS = ("linear", "kt", "ncm_ema", "ncm_full")
@@ -45,7 +45,7 @@ def _slope(y: np.ndarray, counts: np.ndarray) -> float:
 
 def read_run(run: Path) -> dict[str, Any]:
     results = json.loads((run / "results.json").read_text())
-    records = read_metrics(run)  # one record per epoch, a resumed run's repeats dropped
+    records = RunDir(run).read_metrics()  # one record per epoch, a resumed run's repeats dropped
     params = dict(np.load(run / "cache" / "params.npz"))
     counts = np.asarray(results["class_counts"])
     prior = {}

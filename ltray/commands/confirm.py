@@ -13,6 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ltray.errors import ConfigError
+from ltray.storage import driver_folder
+from ltray.tune.confirm import format_confirm, run_confirm
+from ltray.tune.folder import find_sweep
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -40,11 +45,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-
-    from ltray.errors import ConfigError
-    from ltray.storage import driver_folder
-    from ltray.tune.confirm import format_confirm, run_confirm
-    from ltray.tune.folder import find_sweep
 
     problems = [
         f"--{flag} {value}: must be >= 1"

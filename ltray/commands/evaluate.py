@@ -22,6 +22,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ltray.errors import ConfigError
+from ltray.fusion.report import FUSE_RESULTS
+from ltray.tracking import load_run
+from ltray.train.rundir import RunDir
+
 __all__ = ["add_parser", "run"]
 
 
@@ -56,17 +61,14 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from ltray.errors import ConfigError
-
     # Checked before torch and the run are loaded.
-    if args.posthoc not in ("latest", "none") and not Path(args.posthoc, "results.json").is_file():
+    if args.posthoc not in ("latest", "none") and not Path(args.posthoc, FUSE_RESULTS).is_file():
         raise ConfigError(
             f"--posthoc {args.posthoc}: no results.json; pass a folder of `ltray fuse` "
             "(RUN/fusion/fuse-*), latest or none"
         )
     from rich.console import Console
 
-    from ltray.inference import load_run
     from ltray.inference.evaluate import evaluate_run, evaluation_table, save_evaluation
 
     console = Console(width=max(Console().width, 110))
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     out = (
         Path(args.out)
         if args.out
-        else (loaded.run_dir / "eval" / f"{args.split}-{time.strftime('%Y%m%d-%H%M%S')}")
+        else (RunDir(loaded.run_dir).eval_dir / f"{args.split}-{time.strftime('%Y%m%d-%H%M%S')}")
     )
     save_evaluation(ev, out)
     console.print(evaluation_table(ev))

@@ -15,6 +15,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ltray.config import parse_override
+from ltray.errors import CacheError, ConfigError, LtrayError, RunDirError
+from ltray.fusion.cache import read_cache
+from ltray.fusion.report import rich_table, save_results
+from ltray.tracking import log_fusion
+from ltray.train.rundir import RunDir
+
 __all__ = ["add_parser", "run", "parse_method_settings"]
 
 
@@ -50,8 +57,6 @@ def add_parser(subparsers: Any) -> None:
 def parse_method_settings(methods: list[str], items: list[str]) -> dict[str, dict[str, Any]]:
     """``["lr=0.1"]`` (one method) or ``["llw.lr=0.1"]`` → ``{"llw": {"lr": 0.1}}``; every
     problem is raised at once as one ConfigError."""
-    from ltray.config import parse_override
-    from ltray.errors import ConfigError, LtrayError
 
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
     problems: list[str] = []
@@ -76,8 +81,7 @@ def parse_method_settings(methods: list[str], items: list[str]) -> dict[str, dic
 
 
 def _methods_list() -> str:
-    from ltray.fusion import FUSION_METHODS
-    from ltray.fusion.methods import DISPLAY_ORDER
+    from ltray.fusion.methods import DISPLAY_ORDER, FUSION_METHODS  # torch
 
     lines = []
     for name in [n for n in DISPLAY_ORDER if n in FUSION_METHODS]:
@@ -92,11 +96,13 @@ def _methods_list() -> str:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ltray.errors import CacheError, ConfigError, RunDirError
-    from ltray.fusion import FUSION_METHODS, parse_settings
-    from ltray.fusion.cache import read_cache
-    from ltray.fusion.methods import available_methods, missing_requirements, run_method
-    from ltray.fusion.report import rich_table, save_results
+    from ltray.fusion.methods import (  # torch: after the command line parsed
+        FUSION_METHODS,
+        available_methods,
+        missing_requirements,
+        parse_settings,
+        run_method,
+    )
 
     console = Console(width=max(Console().width, 110))
     if args.list:
@@ -110,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise RunDirError(
             f"{run_dir}: no such run directory; pass a folder written by `ltray train`"
         )
-    cache_dir = run_dir / "cache" if (run_dir / "cache").is_dir() else run_dir
+    cache_dir = RunDir(run_dir).cache_dir if RunDir(run_dir).cache_dir.is_dir() else run_dir
     if not (cache_dir / "meta.json").is_file():
         raise CacheError(
             f"{cache_dir / 'meta.json'}: no feature cache in {run_dir}; run `ltray train` "
@@ -152,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             status.update(f"fitting {name}")
             results.append(run_method(cache, name, settings.get(name)))
-    out_dir, warning = save_results(run_dir, results, cache.class_counts)
+    out_dir = save_results(run_dir, results, cache.class_counts)
+    warning = log_fusion(run_dir, out_dir, results)  # to the run's MLflow run, if it has one
     proto = cache.meta.get("val_protocol", "?")
     console.print(rich_table(results, f"{run_dir.name}: post-hoc methods (val protocol: {proto})"))
     console.print(f"saved to {out_dir}")

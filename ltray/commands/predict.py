@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ltray.errors import DataError
+from ltray.tracking import load_run
+
 __all__ = ["add_parser", "run"]
 
 
@@ -39,8 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from ltray.errors import DataError
-    from ltray.inference import load_run
     from ltray.inference.images import collect_images
     from ltray.inference.predict import predict_images, write_predictions_csv
 

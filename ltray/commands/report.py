@@ -7,6 +7,11 @@ import argparse
 import json
 import sys
 
+from ltray.storage import driver_folder, mirror_path, pull_files, push_files
+from ltray.tracking import SpoolingClient
+from ltray.tune.folder import DRIVER_FILES, find_sweep
+from ltray.tune.report import curves_plot, importance_plot, pareto_plot, report_tables
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="summarise a sweep: best trials, test table, Pareto front")
@@ -26,17 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ltray.storage import driver_folder, mirror_path, pull_files, push_files
-    from ltray.tune.folder import DRIVER_FILES, find_sweep
-    from ltray.tune.report import curves_plot, importance_plot, pareto_plot, report_tables
-
     sweep_dir = find_sweep(args.sweep)  # a local folder or a folder on a URI storage
     if (sweep_dir / "mlflow_spool.jsonl").is_file() or (
         (mirror_path(sweep_dir) / "mlflow_spool.jsonl").is_file()
     ):
         # MLflow was unreachable during the sweep: replay what was kept (a remote sweep's
         # spool through the driver's local mirror, the storage updated afterwards).
-        from ltray.tracking import SpoolingClient
 
         local = driver_folder(sweep_dir)
         if sweep_dir.remote:

@@ -17,6 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ltray.errors import ConfigError
+from ltray.reproduce import CliOptions, finish, load_reproduction, resume, start
+from ltray.reproduce.driver import check_runs, plan_of
+from ltray.reproduce.plan import is_finished
+
 __all__ = ["add_parser", "run"]
 
 
@@ -93,7 +98,6 @@ _PLAN_OPTIONS = (
 
 
 def _check_resume_args(args: argparse.Namespace) -> None:
-    from ltray.errors import ConfigError
 
     given = [f"--{o.replace('_', '-')}" for o in _PLAN_OPTIONS if getattr(args, o) is not None]
     if args.no_mixup:
@@ -108,7 +112,6 @@ def _check_resume_args(args: argparse.Namespace) -> None:
 
 
 def _print_plan(console: Any, plan: Any, out_dir: Any) -> None:
-    from ltray.reproduce.plan import is_finished
 
     console.print(f"plan: {len(plan.runs)} runs, {plan.opts.seeds} seed(s), dir {out_dir}")
     for run in plan.runs:
@@ -119,9 +122,6 @@ def _print_plan(console: Any, plan: Any, out_dir: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-
-    from ltray.errors import ConfigError
-    from ltray.reproduce import CliOptions, finish, load_reproduction, resume, start
 
     console = Console(width=None if sys.stdout.isatty() else 140)
     if args.table_only and not args.resume:
@@ -141,8 +141,6 @@ def run(args: argparse.Namespace) -> int:
         )
         rep = load_reproduction(args.config, args.overrides, cli)
         if args.dry_run:
-            from ltray.reproduce.driver import check_runs, plan_of
-
             plan = plan_of(rep)
             check_runs(plan)  # the same validation a real start runs
             for note in rep.notes:

@@ -6,6 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ltray.errors import ConfigError
+from ltray.presets import load_train_config
+from ltray.train.driver import load_run_config, train
+from ltray.train.tables import results_table
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -43,11 +48,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-
-    from ltray.errors import ConfigError
-    from ltray.presets import load_train_config
-    from ltray.train.driver import load_run_config, train
-    from ltray.train.tables import results_table
 
     if args.resume and (args.config or args.out):
         raise ConfigError("--resume continues a run with its saved config; drop --config/--out")

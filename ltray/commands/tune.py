@@ -10,6 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ltray.errors import ConfigError
+from ltray.tracking import resolve_tracking_uri, runs_table_url
+from ltray.tune.folder import find_sweep
+from ltray.tune.plan import SweepOptions, check_sweep, plan, sweep_space
+from ltray.tune.report import curves_plot, importance_plot, report_tables
+from ltray.tune.space import load_space, shipped_spaces
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -95,10 +102,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ltray.errors import ConfigError
-    from ltray.tune.plan import SweepOptions, check_sweep, plan, sweep_space
-    from ltray.tune.space import load_space, shipped_spaces
-
     console = Console(width=None if sys.stdout.isatty() else 160)
     if args.list:
         table = Table(title="shipped search spaces (ltray tune --space NAME)")
@@ -158,8 +161,6 @@ def run(args: argparse.Namespace) -> int:
             f"--resume" + (f" --storage {args.storage}" if args.storage else "")
         )
         return 130
-    from ltray.tune.folder import find_sweep
-    from ltray.tune.report import curves_plot, importance_plot, report_tables
 
     sweep_dir = find_sweep(info["sweep_dir"])
     tables, _ = report_tables(sweep_dir)
@@ -175,8 +176,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]{len(summary['errors'])} trial(s) failed; see the log above[/red]")
     console.print(f"sweep folder: {sweep_dir}\nreport again: ltray report {sweep_dir}")
     if not args.no_mlflow:
-        from ltray.tracking import resolve_tracking_uri, runs_table_url
-
         uri = resolve_tracking_uri(args.mlflow_uri or space.base.tracking.mlflow_uri)
         experiment = args.experiment or space.base.tracking.experiment
         if uri.startswith("sqlite"):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ltray.errors import CacheError
+
 # Importing these modules registers their methods in FUSION_METHODS.
 from ltray.fusion import asm as _asm  # noqa: F401
 from ltray.fusion import baselines as _baselines  # noqa: F401
@@ -157,8 +159,6 @@ def run_method(
     parsed = parse_settings(name, run_defaults(cache, name, settings))
     missing = missing_requirements(cache, name)
     if missing:
-        from ltray.errors import CacheError
-
         raise CacheError(
             f"{cache.path}: method {name} needs {', '.join(missing)}; pick another method"
         )

@@ -1,5 +1,5 @@
-"""Saving post-hoc results: a table (CSV + JSON), a grouped bar chart, LLW's learned weights
-against class frequency, and metrics/artifacts on the run's MLflow run (through
+"""Saving post-hoc results: a table (CSV + JSON), a grouped bar chart and LLW's learned weights
+against class frequency (`ltray fuse` then logs them to the run's MLflow run through
 :mod:`ltray.tracking`).
 
 Results go into a new folder ``RUN_DIR/fusion/fuse-<timestamp>[-N]/`` every time, so earlier
@@ -14,23 +14,29 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ltray.fusion.methods import MethodResult
 from ltray.paths import new_run_dir
 
+if TYPE_CHECKING:  # results are passed in: this module (and RunDir's names) stays torch-free
+    from ltray.fusion.methods import MethodResult
+
 __all__ = [
+    "FUSION_DIR",
+    "FUSE_RESULTS",
     "GROUP_COLUMNS",
     "result_rows",
     "write_results",
     "rich_table",
     "plot_groups",
     "plot_llw_weights",
-    "log_to_mlflow",
     "save_results",
 ]
+
+FUSION_DIR = "fusion"  # RUN_DIR/fusion/fuse-<timestamp>/: one folder per `ltray fuse`
+FUSE_RESULTS = "results.json"  # in a fuse folder: every method's choices and metrics
 
 GROUP_COLUMNS = ("many", "medium", "few", "overall")
 SELECTED_KEYS = ("w", "tau", "epoch", "tie_break")
@@ -80,7 +86,7 @@ def write_results(results: Sequence[MethodResult], out_dir: Path) -> list[Path]:
         }
         for r in results
     ]
-    json_path = out_dir / "results.json"
+    json_path = out_dir / FUSE_RESULTS
     json_path.write_text(json.dumps(full, indent=1, default=float))
     paths = [csv_path, json_path]
     for r in results:
@@ -165,32 +171,13 @@ def plot_llw_weights(extras: dict[str, np.ndarray], class_counts: np.ndarray, pa
     return path
 
 
-def log_to_mlflow(run_dir: Path, out_dir: Path, results: Sequence[MethodResult]) -> str | None:
-    """Add the results to the MLflow run named in ``RUN_DIR/mlflow_run.json``
-    (:func:`ltray.tracking.log_fusion`: ``{val,test}_fused_<method>_<group>`` as fractions,
-    ``chosen_<method>_<setting>``, and ``out_dir`` as artifacts under ``fusion/<folder>``).
-
-    Returns a warning text when that failed (local results are kept), else None. No file → None.
-    """
-    from ltray.tracking import log_fusion
-
-    return log_fusion(run_dir, out_dir, results)
-
-
-def save_results(
-    run_dir: Path,
-    results: Sequence[MethodResult],
-    class_counts: np.ndarray,
-    *,
-    mlflow: bool = True,
-) -> tuple[Path, str | None]:
-    """Write table, charts and LLW plot into a new ``RUN_DIR/fusion/fuse-*`` folder, then log to
-    the run's MLflow run (``mlflow``; a sweep's trial is logged by its driver instead). Returns
-    the folder and an MLflow warning (or None)."""
-    out_dir = new_run_dir("fuse", parent=run_dir / "fusion")
+def save_results(run_dir: Path, results: Sequence[MethodResult], class_counts: np.ndarray) -> Path:
+    """Write table, charts and LLW plot into a new ``RUN_DIR/fusion/fuse-*`` folder; returns
+    it (`ltray fuse` then logs it to the run's MLflow run: :func:`ltray.tracking.log_fusion`)."""
+    out_dir = new_run_dir("fuse", parent=Path(run_dir) / FUSION_DIR)
     write_results(results, out_dir)
     plot_groups(results, out_dir / "groups.png")
     for r in results:
         if r.name == "llw" and "a1" in r.extras:
             plot_llw_weights(r.extras, class_counts, out_dir / "llw_weights.png")
-    return out_dir, log_to_mlflow(run_dir, out_dir, results) if mlflow else None
+    return out_dir

@@ -30,11 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltray.config import Config, build_config, read_yaml
+from ltray.config import Config
+from ltray.data import make_loader, prepare_data
 from ltray.errors import ConfigError, DataError
+from ltray.fusion.cache import SplitArrays, read_cache
+from ltray.fusion.methods import context_of, evaluate_fitted, fit_method
+from ltray.fusion.report import FUSE_RESULTS
+from ltray.inference.heldout import absent_classes, drop_seen, match_classes
 from ltray.inference.load import LoadedRun
 from ltray.metrics import HeadMetrics
+from ltray.plots import per_class_plot
 from ltray.train.evaluate import evaluate_heads, to_device
+from ltray.train.rundir import RunDir
 from ltray.train.tables import HEAD_LABELS
 
 __all__ = [
@@ -75,14 +82,12 @@ def _data_config(run: LoadedRun, overrides: list[str]) -> Config:
         )
     if not any(k.startswith("data.image_size=") for k in keys):
         keys.append(f"data.image_size={run.input.image_size}")  # the size the network expects
-    raw, lines = read_yaml(run.run_dir / "config.yaml")
-    return build_config(raw, source=str(run.run_dir / "config.yaml"), lines=lines, overrides=keys)
+    return RunDir(run.run_dir).read_config(keys)
 
 
 def latest_fuse(run_dir: Path) -> Path | None:
-    """The newest ``RUN/fusion/fuse-*`` folder with a ``results.json`` (None: never fused)."""
-    found = sorted((run_dir / "fusion").glob("fuse-*/results.json"), key=lambda p: p.parent.name)
-    return found[-1].parent if found else None
+    """The newest ``RUN/fusion/fuse-*`` folder with its results (None: never fused)."""
+    return RunDir(run_dir).latest_fusion()
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -99,10 +104,8 @@ def posthoc_heads(
     """Every method of ``fuse_dir/results.json`` fitted again on the run's cache (train and val
     only) with its recorded settings, scored on ``arrays`` (a :class:`SplitArrays` of the new
     split) → ({"posthoc:<method>": metrics}, notes)."""
-    from ltray.fusion.cache import read_cache
-    from ltray.fusion.methods import context_of, evaluate_fitted, fit_method
 
-    records = json.loads((fuse_dir / "results.json").read_text())
+    records = json.loads((fuse_dir / FUSE_RESULTS).read_text())
     cache = read_cache(run.run_dir)
     ctx = context_of(cache)
     heads: dict[str, HeadMetrics] = {}
@@ -141,8 +144,6 @@ def evaluate_run(
         DataError: the data has classes the run does not know, other channels, or no image
             the run has not seen.
     """
-    from ltray.data import make_loader, prepare_data
-    from ltray.inference.heldout import absent_classes, drop_seen, match_classes
 
     overrides = list(overrides or [])
     if split not in ("train", "val", "test"):
@@ -167,7 +168,7 @@ def evaluate_run(
         device=run.device,
     )
     fuse_dir = latest_fuse(run.run_dir) if posthoc == "latest" else posthoc
-    if fuse_dir is not None and not (Path(fuse_dir) / "results.json").is_file():
+    if fuse_dir is not None and not (Path(fuse_dir) / FUSE_RESULTS).is_file():
         raise ConfigError(f"--posthoc {fuse_dir}: no results.json; pass a folder of `ltray fuse`")
     parts: dict[str, list[torch.Tensor]] = {}
     feats: list[torch.Tensor] = []
@@ -183,8 +184,6 @@ def evaluate_run(
     heads = evaluate_heads(logits, y_all, run.groups, ece_bins=run.config.eval.ece_bins)
     notes += absent_classes(run, y_all)
     if fuse_dir is not None:
-        from ltray.fusion.cache import SplitArrays
-
         arrays = SplitArrays(
             features=torch.cat(feats).numpy(),
             logits=logits["linear"],
@@ -254,8 +253,6 @@ def save_evaluation(ev: Evaluation, out_dir: str | Path) -> Path:
     """Write ``metrics.csv`` (one row per head), ``evaluation.json``, ``table.txt`` and
     ``per_class.png`` into ``out_dir``."""
     from rich.console import Console
-
-    from ltray.plots import per_class_plot
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

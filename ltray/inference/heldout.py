@@ -28,7 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ltray.data import SPLITS, prepare_data
+from ltray.data.listfiles import read_list_file
 from ltray.errors import DataError
+from ltray.train.rundir import RunDir
 
 if TYPE_CHECKING:
     from ltray.data import LTData
@@ -89,23 +92,16 @@ def match_classes(run: LoadedRun, data: LTData) -> tuple[LTData, list[str]]:
 def seen_ids(run: LoadedRun) -> dict[str, set[str]]:
     """The ids (list-file entries) of the run's train, val and test splits: from the list files
     its ``split.json`` names, else from its own split prepared again from its config."""
-    from ltray.data import SPLITS
-    from ltray.data.listfiles import read_list_file
-    from ltray.train.rundir import read_split_info
-
-    files = read_split_info(run.run_dir).get("list_files") or {}
+    files = RunDir(run.run_dir).read_split().get("list_files") or {}
     if all(files.get(s) and Path(files[s]).is_file() for s in SPLITS):
         return {s: set(read_list_file(files[s])[0]) for s in SPLITS}
-    from ltray.data import prepare_data
 
     own = prepare_data(run.config.data, check_images=False, write_splits=False)
     return {s: set(own.ids(s)) for s in SPLITS}
 
 
 def _same_source(run: LoadedRun, data: LTData) -> bool:
-    from ltray.train.rundir import read_split_info
-
-    info = read_split_info(run.run_dir)
+    info = RunDir(run.run_dir).read_split()
     source, root = info.get("source", run.config.data.name), info.get("root")
     if source != data.split_info.get("source"):
         return False

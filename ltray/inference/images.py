@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ltray.data.device import normalize_nhwc
 from ltray.data.sources import IMAGE_EXTENSIONS
+from ltray.data.transforms import imagenet_transform
 from ltray.errors import DataError
 from ltray.inference.load import InputSpec
 
@@ -63,8 +65,6 @@ def load_pixels(path: Path, spec: InputSpec) -> Tensor:
         im.load()
         img = im.convert("L" if spec.in_channels == 1 else "RGB")
     if spec.family == "imagenet":
-        from ltray.data.transforms import imagenet_transform
-
         crop = imagenet_transform(train=False, size=spec.image_size, spec=spec, normalize=False)  # type: ignore[arg-type]
         return crop(img)
     if img.size != (spec.native_size, spec.native_size):
@@ -84,10 +84,7 @@ def load_image(path: Path, spec: InputSpec) -> Tensor:
         im.load()
         img = im.convert("L" if spec.in_channels == 1 else "RGB")
     if spec.family == "imagenet":
-        from ltray.data.transforms import imagenet_transform
-
         return imagenet_transform(train=False, size=spec.image_size, spec=spec)(img)  # type: ignore[arg-type]
-    from ltray.data.device import normalize_nhwc
 
     if img.size != (spec.native_size, spec.native_size):
         img = img.resize((spec.native_size, spec.native_size), Image.Resampling.BILINEAR)

@@ -17,9 +17,9 @@ MLflow's PyTorch flavour, TorchScript and ONNX want a module whose ``forward`` r
     model = ltray.load_run(run_dir).model("kt")        # PixelModel, eval mode
     logits = model(images)                             # uint8 [B, C_in, N, N] → [B, C]
 
-:func:`log_model` logs the :class:`PixelModel` to an MLflow run under the artifact path
-``model`` (a real image of the run's data as input example, the uint8 signature inferred from
-it, class names and input spec as metadata), so that
+:func:`ltray.tracking.models.log_model` logs the :class:`PixelModel` to an MLflow run under
+the artifact path ``model`` (a real image of the run's data as input example, the uint8
+signature inferred from it, class names and input spec as metadata), so that
 ``mlflow.pytorch.load_model("runs:/<run id>/model")(images)`` gives what ``ltray predict``
 gives for the same files.
 
@@ -30,22 +30,56 @@ family's constants.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from ltray.inference.load import InputSpec
+from ltray.errors import ConfigError
 from ltray.models import LTNet, ncm_logits
-from ltray.tracking.models import LoggedModel, log_pytorch_model, register_model
-from ltray.tracking.models import using_tracking_uri as _using_tracking_uri  # noqa: F401
 
 if TYPE_CHECKING:
     from ltray.inference.load import LoadedRun
 
-__all__ = ["HeadModel", "PixelModel", "log_model", "register_model", "MODEL_ARTIFACT"]
+__all__ = ["InputSpec", "HeadModel", "PixelModel"]
 
-MODEL_ARTIFACT = "model"
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image enters the network.
+
+    ``native_size``: the size images are decoded at (in-memory families: 8 for digits, 32 for
+    CIFAR); ``image_size``: the network's input size S; ``mean``/``std``: per channel, of
+    images scaled to [0, 1].
+    """
+
+    family: str
+    in_channels: int
+    image_size: int
+    native_size: int
+    small_input: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def pixel_size(self) -> int:
+        """The size N of the raw images the run's :class:`~ltray.inference.model.PixelModel`
+        takes: the decode size of in-memory families (resized to ``image_size`` inside), the
+        crop size of the imagenet family (resize + centre crop happen before)."""
+        return self.image_size if self.family == "imagenet" else self.native_size
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InputSpec:
+        return cls(
+            family=str(d["family"]),
+            in_channels=int(d["in_channels"]),
+            image_size=int(d["image_size"]),
+            native_size=int(d.get("native_size", d["image_size"])),
+            small_input=bool(d["small_input"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+        )
 
 
 class HeadModel(nn.Module):
@@ -92,8 +126,6 @@ class HeadModel(nn.Module):
     @classmethod
     def from_run(cls, run: LoadedRun, head: str) -> HeadModel:
         if head not in run.heads:
-            from ltray.errors import ConfigError
-
             raise ConfigError(
                 f"head {head!r}: not available in {run.run_dir}; its heads: {', '.join(run.heads)}"
             )
@@ -170,57 +202,3 @@ class PixelModel(nn.Module):
                 y, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
             )
         return self.head(y)
-
-
-def log_model(
-    run: LoadedRun, *, run_id: str, tracking_uri: str, head: str | None = None
-) -> LoggedModel:
-    """Log ``run``'s ``head`` (default: its ``eval.select_head``) as a :class:`PixelModel` to
-    the MLflow run ``run_id`` in the PyTorch flavour under ``model``: the input example is two
-    real uint8 images of the run's data (``run.input_example()``), the signature (uint8
-    [-1, C_in, N, N] → float32 [-1, C]) is inferred from it, and the class names, input spec
-    and input format are metadata (the MLflow calls:
-    :func:`ltray.tracking.models.log_pytorch_model`). Returns the model's
-    ``runs:/<run id>/model`` URI and MLflow model id."""
-    import ltray
-
-    head = head or run.config.eval.select_head
-    if head not in run.heads:
-        head = "linear"
-    model = run.model(head).cpu()
-    s = run.input
-    example = torch.from_numpy(run.input_example())
-    with torch.inference_mode():
-        out = model(example)
-    metadata: dict[str, Any] = {
-        "ltray_version": ltray.__version__,
-        "head": head,
-        "class_names": run.class_names,
-        "input": {k: v for k, v in vars(s).items()},
-        "input_format": (
-            f"uint8 [B, {s.in_channels}, {s.pixel_size}, {s.pixel_size}], values 0..255, "
-            f"channels first ({'gray' if s.in_channels == 1 else 'RGB'}); normalised inside "
-            "with input.mean / input.std"
-            + (f", resized to {s.image_size}" if s.image_size != s.pixel_size else "")
-            + (
-                f"; resize to {round(s.image_size * 256 / 224)} and centre-crop to "
-                f"{s.image_size} first"
-                if s.family == "imagenet"
-                else ""
-            )
-        ),
-        "run_dir": str(run.run_dir),
-    }
-    torch_req = f"torch=={torch.__version__.split('+')[0]}"
-    # torch.export (``pt2``) first: the saved graph loads without ltray installed. A network
-    # export cannot trace is pickled instead, which needs ltray to load.
-    return log_pytorch_model(
-        model,
-        example.numpy(),
-        out.numpy(),
-        run_id=run_id,
-        tracking_uri=tracking_uri,
-        name=MODEL_ARTIFACT,
-        metadata=metadata,
-        requirements=[("pt2", [torch_req]), ("pickle", [torch_req, f"ltray=={ltray.__version__}"])],
-    )

@@ -10,7 +10,7 @@ from ltray.models.memory import (
     normalize,
     reduce_class_sums,
 )
-from ltray.models.network import LTNet, NetOutput, build_network
+from ltray.models.network import LTNet, NetOutput, build_memory, build_network
 
 __all__ = [
     "BACKBONES",
@@ -26,4 +26,5 @@ __all__ = [
     "LTNet",
     "NetOutput",
     "build_network",
+    "build_memory",
 ]

@@ -10,6 +10,7 @@ The memory is not used in ``forward``: it holds no parameters, is updated by the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -19,7 +20,7 @@ from ltray.models.backbones import Backbone, build_backbone
 from ltray.models.heads import linear_head
 from ltray.models.memory import ClassMemory
 
-__all__ = ["NetOutput", "LTNet", "build_network"]
+__all__ = ["NetOutput", "LTNet", "build_network", "build_memory"]
 
 
 @dataclass
@@ -47,6 +48,10 @@ class LTNet(nn.Module):
         detach_kt: default for :meth:`heads`: the KT head sees ``features.detach()``, so the
             backbone is trained by the linear head's loss only.
         memory: the class-mean memory, or None.
+        linear: the classifier [B, d] → [B, C], given by a method whose classifier is not a
+            plain dot-product head (OLTR's cosine classifier, an LFME expert's subset head);
+            it must expose ``weight`` [C, d] and ``bias`` [C] of the equivalent dot-product
+            head (the feature cache stores them). Default: a dot-product head.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class LTNet(nn.Module):
         kt_head: bool = False,
         detach_kt: bool = True,
         memory: ClassMemory | None = None,
+        linear: nn.Module | None = None,
     ) -> None:
         super().__init__()
         d = backbone.feat_dim
@@ -67,8 +73,10 @@ class LTNet(nn.Module):
             )
         self.backbone = backbone
         self.num_classes = num_classes
-        self.linear = linear_head(d, num_classes)
-        backbone.init_head(self.linear)
+        if linear is None:
+            linear = linear_head(d, num_classes)
+            backbone.init_head(linear)
+        self.linear = linear
         self.kt_head: nn.Linear | None = None
         if kt_head:
             self.kt_head = linear_head(d, num_classes)
@@ -98,27 +106,44 @@ class LTNet(nn.Module):
         return self.heads(self.backbone(x))
 
 
-def build_network(cfg: Config, *, num_classes: int, in_channels: int, small_input: bool) -> LTNet:
-    """Build the network a config describes.
+def build_memory(cfg: Config, num_classes: int, dim: int) -> ClassMemory:
+    """The class-mean memory ``cfg.memory`` describes, for ``num_classes`` × ``dim`` features."""
+    m = cfg.memory
+    return ClassMemory(
+        num_classes, dim, momentum=m.momentum, metric=m.metric, renormalize=m.renormalize
+    )
 
-    The KT head exists iff ``kt.enabled``; the memory iff ``memory.enabled`` or ``kt.enabled``
-    (the KT teacher is read from it). ``small_input`` is passed explicitly because the data
-    family decides it when ``model.small_input`` is None; callers resolve that first.
+
+def build_network(
+    cfg: Config,
+    *,
+    num_classes: int,
+    in_channels: int,
+    small_input: bool,
+    kt_head: bool | None = None,
+    memory: bool | None = None,
+    linear: Callable[[int], nn.Module] | None = None,
+    backbone: Backbone | None = None,
+) -> LTNet:
+    """Build the network a config describes, with the heads a training method asks for.
+
+    Defaults (``None``): the KT head iff ``kt.enabled``; the memory iff ``memory.enabled`` or
+    ``kt.enabled`` (the KT teacher is read from it). ``linear``: a factory ``feat_dim →
+    classifier`` for a method with its own classifier; ``backbone``: one built by the method
+    (OLTR's embedding). ``small_input`` is passed explicitly because the data family decides it
+    when ``model.small_input`` is None; callers resolve that first.
     """
-    backbone = build_backbone(cfg.model.backbone, in_channels=in_channels, small_input=small_input)
-    memory = None
-    if cfg.memory.enabled or cfg.kt.enabled:
-        memory = ClassMemory(
-            num_classes,
-            backbone.feat_dim,
-            momentum=cfg.memory.momentum,
-            metric=cfg.memory.metric,
-            renormalize=cfg.memory.renormalize,
+    if backbone is None:
+        backbone = build_backbone(
+            cfg.model.backbone, in_channels=in_channels, small_input=small_input
         )
+    kt = cfg.kt.enabled if kt_head is None else kt_head
+    keep_memory = (cfg.memory.enabled or kt) if memory is None else memory
     return LTNet(
         backbone,
         num_classes=num_classes,
-        kt_head=cfg.kt.enabled,
+        kt_head=kt,
         detach_kt=cfg.kt.detach_feature,
-        memory=memory,
+        memory=build_memory(cfg, num_classes, backbone.feat_dim) if keep_memory else None,
+        linear=None if linear is None else linear(backbone.feat_dim),
     )

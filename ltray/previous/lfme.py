@@ -1,6 +1,6 @@
 """LFME (Xiang et al., "Learning From Multiple Experts", 2020): experts per shot group, one student.
 
-Two training methods and a driver helper:
+Two training methods (their rules: :mod:`ltray.previous.methods`):
 
 - ``train.method=lfme_expert`` with ``lfme.subset=many|medium|few``: an ordinary run trained on
   the train images of that shot group's classes only (the "cardinality-adjacent subset"). Its
@@ -22,8 +22,8 @@ Two training methods and a driver helper:
   L = CE(z, y) + λ · Σ_k w_k · (1/B) Σ_{i ∈ subset k, selected} T² · KL(p_k(·|x_i) ‖ p_S(·|x_i)),
   both distributions taken over subset k's classes at temperature T.
 
-- :func:`train_lfme` runs the experts (for every non-empty shot group) and then the student
-  through :func:`ltray.train.driver.train`, each a normal run directory.
+- `ltray reproduce --methods lfme` trains the experts (one per non-empty shot group) and then
+  the student, each a normal run directory (:mod:`ltray.reproduce.plan`).
 
 The experts are frozen (``requires_grad=False``, eval mode) and held by the method, not the
 network: they are not in the student's checkpoints, DDP never sees them, and the loop's
@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,7 +48,7 @@ from ltray.data import LTData, make_loader
 from ltray.errors import ConfigError, DataError
 from ltray.losses import LOSSES
 from ltray.metrics import GROUP_NAMES
-from ltray.models import ClassMemory, LTNet, build_backbone, build_network
+from ltray.models import LTNet, build_backbone, build_network
 from ltray.previous.runs import (
     build_device,
     check_same_split,
@@ -57,13 +56,7 @@ from ltray.previous.runs import (
     load_run,
     restrict_train_classes,
 )
-from ltray.train.methods import (
-    TRAIN_METHODS,
-    MethodDefaults,
-    StepContext,
-    StepResult,
-    TrainForward,
-)
+from ltray.train.step import StepContext, StepResult
 
 __all__ = [
     "ABSENT_LOGIT",
@@ -73,9 +66,11 @@ __all__ = [
     "kd_per_sample",
     "SubsetLinear",
     "build_expert_net",
-    "ExpertMethod",
-    "StudentMethod",
-    "train_lfme",
+    "subset_id",
+    "build_expert",
+    "expert_data",
+    "expert_loss",
+    "Student",
 ]
 
 ABSENT_LOGIT = -1.0e4  # an expert's logit for a class outside its subset (finite, fp16-safe)
@@ -168,23 +163,26 @@ def build_expert_net(
 ) -> LTNet:
     """The expert network: backbone + :class:`SubsetLinear` (+ memory), no KT head."""
     backbone = build_backbone(cfg.model.backbone, in_channels=in_channels, small_input=small_input)
-    memory = None
-    if cfg.memory.enabled:
-        memory = ClassMemory(
-            num_classes,
-            backbone.feat_dim,
-            momentum=cfg.memory.momentum,
-            metric=cfg.memory.metric,
-            renormalize=cfg.memory.renormalize,
-        )
-    net = LTNet(backbone, num_classes=num_classes, kt_head=False, memory=memory)
-    head = SubsetLinear(backbone.feat_dim, num_classes, classes)
-    backbone.init_head(head.inner)
-    net.linear = head  # type: ignore[assignment]
-    return net
+
+    def subset_head(dim: int) -> SubsetLinear:
+        head = SubsetLinear(dim, num_classes, classes)
+        backbone.init_head(head.inner)
+        return head
+
+    return build_network(
+        cfg,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        small_input=small_input,
+        kt_head=False,
+        memory=cfg.memory.enabled,
+        linear=subset_head,
+        backbone=backbone,
+    )
 
 
-def _subset_id(name: str | None, *, key: str) -> int:
+def subset_id(name: str | None, *, key: str) -> int:
+    """The shot group (0 many, 1 medium, 2 few) an expert trains on."""
     if name not in GROUP_NAMES:
         raise ConfigError(
             f"{key}: train.method=lfme_expert needs the shot group it trains on; set "
@@ -193,59 +191,45 @@ def _subset_id(name: str | None, *, key: str) -> int:
     return GROUP_NAMES.index(name)
 
 
-def _no_mixup(cfg: Config, method: str) -> None:
-    if cfg.mixup.variant != "none":
-        raise ConfigError(
-            f"mixup.variant={cfg.mixup.variant}: train.method={method} is not defined with "
-            "mixup; set mixup.variant=none"
+def build_expert(
+    cfg: Config, *, num_classes: int, in_channels: int, small_input: bool, groups: Any
+) -> LTNet:
+    """The expert of ``lfme.subset``: its subset's classes from the split's shot ``groups``."""
+    gid = subset_id(cfg.lfme.subset, key="lfme.subset")
+    classes = group_classes(groups, gid)
+    if len(classes) == 0:
+        raise DataError(
+            f"lfme.subset={cfg.lfme.subset}: this split has no {cfg.lfme.subset}-shot class; "
+            "train experts only for the groups the split has"
         )
+    return build_expert_net(
+        cfg,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        small_input=small_input,
+        classes=classes,
+    )
 
 
-class ExpertMethod(MethodDefaults):
-    """``train.method=lfme_expert``: CE among the subset's classes, on the subset's images."""
+def expert_data(data: Any, cfg: Config) -> Any:
+    """Keep the train images of the expert's shot group only (val/test stay whole)."""
+    classes = group_classes(data.groups, subset_id(cfg.lfme.subset, key="lfme.subset"))
+    if len(classes):
+        restrict_train_classes(data, classes)
+    return data
 
-    def build(
-        self, cfg: Config, *, num_classes: int, in_channels: int, small_input: bool, data: Any
-    ) -> LTNet:
-        gid = _subset_id(cfg.lfme.subset, key="lfme.subset")
-        _no_mixup(cfg, "lfme_expert")
-        classes = group_classes(data.groups, gid)
-        if len(classes) == 0:
-            raise DataError(
-                f"lfme.subset={cfg.lfme.subset}: this split has no {cfg.lfme.subset}-shot class "
-                f"(train counts {data.class_counts.tolist()}); train experts only for non-empty "
-                "groups (train_lfme skips empty ones)"
-            )
-        return build_expert_net(
-            cfg,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            small_input=small_input,
-            classes=classes,
-        )
 
-    def prepare_data(self, data: Any, cfg: Config) -> Any:
-        """Keep the train images of the expert's shot group only (val/test stay whole)."""
-        gid = _subset_id(cfg.lfme.subset, key="lfme.subset")
-        classes = group_classes(data.groups, gid)
-        if len(classes):
-            restrict_train_classes(data, classes)
-        return data
-
-    def wrap(self, net: LTNet, cfg: Config) -> nn.Module:
-        return TrainForward(net, detach_kt=True)
-
-    def loss(self, net: LTNet, fwd: nn.Module, x: Tensor, y: Tensor, sc: StepContext) -> StepResult:
-        out = fwd(x)
-        head = net.linear
-        assert isinstance(head, SubsetLinear)
-        # Column j of the subset logits is class classes[j]: map labels to local ids.
-        local = torch.searchsorted(head.classes, y)
-        z = out.logits.index_select(1, head.classes)
-        counts = sc.class_counts.index_select(0, head.classes)
-        cls_fn = LOSSES.get(sc.cfg.loss.name, key="loss.name")
-        loss = cls_fn(z, local, class_counts=counts)
-        return StepResult(loss, out, y, {"loss_cls": float(loss.detach())})
+def expert_loss(net: LTNet, fwd: nn.Module, x: Tensor, y: Tensor, sc: StepContext) -> StepResult:
+    """CE among the subset's classes (labels mapped to the subset's local ids)."""
+    out = fwd(x)
+    head = net.linear
+    assert isinstance(head, SubsetLinear)
+    local = torch.searchsorted(head.classes, y)
+    z = out.logits.index_select(1, head.classes)
+    counts = sc.class_counts.index_select(0, head.classes)
+    cls_fn = LOSSES.get(sc.cfg.loss.name, key="loss.name")
+    loss = cls_fn(z, local, class_counts=counts)
+    return StepResult(loss, out, y, {"loss_cls": float(loss.detach())})
 
 
 # ------------------------------------------------------------------------------ student
@@ -296,7 +280,7 @@ def load_expert(
     key = f"lfme.experts ({run_dir})"
     prev = load_run(Path(run_dir), key=key, methods=("lfme_expert",))
     check_same_split(cfg, prev.cfg, key=key)
-    gid = _subset_id(prev.cfg.lfme.subset, key=key)
+    gid = subset_id(prev.cfg.lfme.subset, key=key)
     classes = group_classes(data.groups, gid)
     net = build_expert_net(
         prev.cfg,
@@ -315,8 +299,10 @@ def load_expert(
     return net.eval(), gid, classes
 
 
-class StudentMethod(MethodDefaults):
-    """``train.method=lfme``: the student (see the module docstring)."""
+class Student:
+    """The student's training state (see the module docstring): the frozen experts, their val
+    accuracies and train confidences, and the self-paced weights of the current epoch. Held by
+    :class:`ltray.previous.methods.StudentMethod`."""
 
     def __init__(self) -> None:
         self.experts: list[Expert] = []
@@ -327,12 +313,11 @@ class StudentMethod(MethodDefaults):
     def build(
         self, cfg: Config, *, num_classes: int, in_channels: int, small_input: bool, data: Any
     ) -> LTNet:
-        _no_mixup(cfg, "lfme")
         if not cfg.lfme.experts:
             raise ConfigError(
                 "lfme.experts: train.method=lfme needs the expert run dirs; train them with "
                 "`ltray train train.method=lfme_expert lfme.subset=many ...` (one per shot "
-                "group) or use ltray.previous.lfme.train_lfme"
+                "group), or let `ltray reproduce --methods lfme` train all of them"
             )
         device = build_device(cfg)
         train_loader = make_loader(
@@ -359,13 +344,14 @@ class StudentMethod(MethodDefaults):
             self.experts.append(
                 Expert(gid, classes, net, val_acc, torch.sort(conf, descending=True).values)
             )
-        plain = cfg.model_copy(update={"kt": cfg.kt.model_copy(update={"enabled": False})})
         return build_network(
-            plain, num_classes=num_classes, in_channels=in_channels, small_input=small_input
+            cfg,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            small_input=small_input,
+            kt_head=False,
+            memory=cfg.memory.enabled,
         )
-
-    def wrap(self, net: LTNet, cfg: Config) -> nn.Module:
-        return TrainForward(net, detach_kt=True)
 
     def _epoch_start(self, net: LTNet, sc: StepContext, device: torch.device) -> None:
         """Self-paced expert selection: the student's val accuracy per expert subset → w_k."""
@@ -413,48 +399,3 @@ class StudentMethod(MethodDefaults):
             kd_total = kd_total + w * kd
         loss = loss_cls + lf.kd_weight * kd_total
         return StepResult(loss, out, y, parts)
-
-
-TRAIN_METHODS.register("lfme_expert")(ExpertMethod)
-TRAIN_METHODS.register("lfme")(StudentMethod)
-
-
-# ------------------------------------------------------------------------------- driver
-
-
-def _variant(cfg: Config, **sections: dict[str, Any]) -> Config:
-    """A validated copy of ``cfg`` with some keys of some sections replaced."""
-    raw = cfg.model_dump(mode="json")
-    for section, values in sections.items():
-        raw[section] = {**raw[section], **values}
-    return Config.model_validate(raw)
-
-
-def train_lfme(cfg: Config, out_dir: str | Path) -> Path:
-    """Train one expert per non-empty shot group, then the student; return the student's run dir.
-
-    Runs land in ``out_dir/expert-many``, ``expert-medium``, ``expert-few`` and ``student``
-    (each a normal run directory: config, checkpoints, cache, table; MLflow when enabled).
-    Experts train ``lfme.expert_epochs`` (default ``train.epochs``) epochs with ``cfg``'s other
-    settings; the student uses ``cfg`` with ``train.method=lfme``.
-    """
-    from ltray.data import prepare_data
-    from ltray.train.driver import train
-
-    out = Path(out_dir).expanduser().resolve()
-    groups = np.asarray(prepare_data(cfg.data).groups)
-    experts: list[str] = []
-    for gid, name in enumerate(GROUP_NAMES):
-        if not (groups == gid).any():
-            print(f"[ltray] lfme: no {name}-shot class in this split; no {name} expert", flush=True)
-            continue
-        ecfg = _variant(
-            cfg,
-            train={"method": "lfme_expert", "epochs": cfg.lfme.expert_epochs or cfg.train.epochs},
-            lfme={"subset": name, "experts": []},
-        )
-        run_dir, _ = train(ecfg, out=out / f"expert-{name}")
-        experts.append(str(run_dir))
-    scfg = _variant(cfg, train={"method": "lfme"}, lfme={"subset": None, "experts": experts})
-    student_dir, _ = train(scfg, out=out / "student")
-    return student_dir

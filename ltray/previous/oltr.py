@@ -42,7 +42,15 @@ from torch import Tensor, nn
 from ltray.config import Config
 from ltray.errors import ConfigError
 from ltray.losses import LOSSES
-from ltray.models import Backbone, ClassMemory, LTNet, NetOutput, build_backbone, normalize
+from ltray.models import (
+    Backbone,
+    ClassMemory,
+    LTNet,
+    NetOutput,
+    build_backbone,
+    build_memory,
+    normalize,
+)
 from ltray.previous.runs import (
     build_device,
     check_same_split,
@@ -50,7 +58,7 @@ from ltray.previous.runs import (
     load_run,
     load_submodule,
 )
-from ltray.train.methods import TRAIN_METHODS, MethodDefaults, StepContext, StepResult
+from ltray.train.step import StepContext, StepResult
 
 __all__ = [
     "squared_distances",
@@ -64,7 +72,11 @@ __all__ = [
     "OLTREmbedding",
     "OLTRNet",
     "OLTRForward",
-    "OLTRMethod",
+    "oltr_skeleton",
+    "build_oltr",
+    "oltr_param_groups",
+    "oltr_wrap",
+    "oltr_loss",
 ]
 
 _EPS = 1e-6
@@ -268,9 +280,9 @@ class OLTRNet(LTNet):
         cosine_scale: float,
         memory: ClassMemory | None,
     ) -> None:
-        super().__init__(embedding, num_classes=num_classes, kt_head=False, memory=memory)
-        self.linear = CosNormClassifier(  # type: ignore[assignment]
-            embedding.feat_dim, num_classes, scale=cosine_scale
+        head = CosNormClassifier(embedding.feat_dim, num_classes, scale=cosine_scale)
+        super().__init__(
+            embedding, num_classes=num_classes, kt_head=False, memory=memory, linear=head
         )
 
 
@@ -299,108 +311,94 @@ class OLTRForward(nn.Module):
         return out, loss_c, attract, repel
 
 
-# -------------------------------------------------------------------------------- method
+# ---------------------------------------------------------------- the method's implementation
+# (its rules and registration: ltray.previous.methods.OLTRMethod)
 
 
-def _check_cfg(cfg: Config) -> None:
+def oltr_skeleton(cfg: Config, *, num_classes: int, in_channels: int, small_input: bool) -> OLTRNet:
+    """An untrained OLTR stage-2 network of ``cfg``'s architecture (zero centroids): what a
+    finished run's checkpoint is loaded into, and what :func:`build_oltr` fills."""
+    trunk = build_backbone(cfg.model.backbone, in_channels=in_channels, small_input=small_input)
+    o = cfg.oltr
+    meta = MetaEmbedding(
+        trunk.feat_dim, num_classes, reachability_scale=o.reachability_scale, selector=o.selector
+    )
+    memory = build_memory(cfg, num_classes, trunk.feat_dim) if cfg.memory.enabled else None
+    emb = OLTREmbedding(trunk, attention=o.attention, meta=meta)
+    return OLTRNet(emb, num_classes=num_classes, cosine_scale=o.cosine_scale, memory=memory)
+
+
+def build_oltr(
+    cfg: Config, *, num_classes: int, in_channels: int, small_input: bool, data: Any
+) -> OLTRNet:
+    """Stage 2's network: the stage-1 run's backbone (``oltr.stage1``, same split and
+    backbone, checked), centroids from a full pass of it over the train split."""
     if cfg.oltr.stage1 is None:
         raise ConfigError(
-            "oltr.stage1: train.method=oltr is OLTR's stage 2 and needs the run dir of a "
-            "stage-1 run; train one with `ltray train train.method=ce ...` and set "
-            "oltr.stage1=RUN_DIR"
+            "oltr.stage1 is not set; train.method=oltr is OLTR's stage 2 on top of a stage-1 "
+            "run: train one with `ltray train train.method=ce` and pass oltr.stage1=RUN_DIR"
         )
-    if cfg.mixup.variant != "none":
+    prev = load_run(Path(cfg.oltr.stage1), key="oltr.stage1", methods=("ce", "kt"))
+    check_same_split(cfg, prev.cfg, key="oltr.stage1")
+    if prev.cfg.model.backbone != cfg.model.backbone:
         raise ConfigError(
-            f"mixup.variant={cfg.mixup.variant}: OLTR is not defined with mixup; "
-            "set mixup.variant=none"
+            f"oltr.stage1: the stage-1 run used model.backbone={prev.cfg.model.backbone}, "
+            f"this run {cfg.model.backbone}; set model.backbone={prev.cfg.model.backbone}"
         )
+    net = oltr_skeleton(
+        cfg, num_classes=num_classes, in_channels=in_channels, small_input=small_input
+    )
+    trunk = net.backbone.trunk
+    load_submodule(trunk, prev.state, prefix="backbone", key="oltr.stage1")
+    device = build_device(cfg)
+    trunk.to(device).eval()
+    means, _ = class_means(
+        trunk, data, device=device, batch_size=cfg.data.eval_batch_size, num_classes=num_classes
+    )
+    trunk.cpu().train()
+    with torch.no_grad():
+        net.backbone.meta.centroids.copy_(means)
+    return net
 
 
-class OLTRMethod(MethodDefaults):
-    """``train.method=oltr``: OLTR stage 2 (see the module docstring)."""
-
-    def build(
-        self, cfg: Config, *, num_classes: int, in_channels: int, small_input: bool, data: Any
-    ) -> OLTRNet:
-        _check_cfg(cfg)
-        assert cfg.oltr.stage1 is not None
-        prev = load_run(Path(cfg.oltr.stage1), key="oltr.stage1", methods=("ce", "kt"))
-        check_same_split(cfg, prev.cfg, key="oltr.stage1")
-        if prev.cfg.model.backbone != cfg.model.backbone:
-            raise ConfigError(
-                f"oltr.stage1: the stage-1 run used model.backbone={prev.cfg.model.backbone}, "
-                f"this run {cfg.model.backbone}; set model.backbone={prev.cfg.model.backbone}"
-            )
-        trunk = build_backbone(cfg.model.backbone, in_channels=in_channels, small_input=small_input)
-        load_submodule(trunk, prev.state, prefix="backbone", key="oltr.stage1")
-        o = cfg.oltr
-        meta = MetaEmbedding(
-            trunk.feat_dim,
-            num_classes,
-            reachability_scale=o.reachability_scale,
-            selector=o.selector,
-        )
-        device = build_device(cfg)
-        trunk.to(device).eval()
-        means, counts = class_means(
-            trunk, data, device=device, batch_size=cfg.data.eval_batch_size, num_classes=num_classes
-        )
-        trunk.cpu().train()
-        with torch.no_grad():
-            meta.centroids.copy_(means)
-        memory = None
-        if cfg.memory.enabled:
-            memory = ClassMemory(
-                num_classes,
-                trunk.feat_dim,
-                momentum=cfg.memory.momentum,
-                metric=cfg.memory.metric,
-                renormalize=cfg.memory.renormalize,
-            )
-        emb = OLTREmbedding(trunk, attention=o.attention, meta=meta)
-        return OLTRNet(emb, num_classes=num_classes, cosine_scale=o.cosine_scale, memory=memory)
-
-    def wrap(self, net: LTNet, cfg: Config) -> nn.Module:
-        assert isinstance(net, OLTRNet)
-        return OLTRForward(net, margin=cfg.oltr.centroid_margin, repel_weight=cfg.oltr.repel_weight)
-
-    def sampler(self, cfg: Config) -> str:
-        return "class_balanced"  # OLTR's class-aware sampling
-
-    def param_groups(self, net: LTNet, cfg: Config) -> list[dict[str, Any]]:
-        """SGD parameter groups with an ``lr_scale`` each: the stage-1 trunk at
-        ``oltr.backbone_lr_scale``, the centroids at ``oltr.centroid_lr_scale`` (no weight
-        decay: it would pull them to 0), everything else (attention, meta-embedding,
-        classifier) at 1. The loop sets ``lr = base lr · schedule · lr_scale`` per group."""
-        assert isinstance(net, OLTRNet)
-        emb = net.backbone
-        trunk = [p for p in emb.trunk.parameters() if p.requires_grad]
-        special = {id(p) for p in trunk} | {id(emb.meta.centroids)}
-        rest = [p for p in net.parameters() if p.requires_grad and id(p) not in special]
-        return [
-            {"params": trunk, "lr_scale": cfg.oltr.backbone_lr_scale, "name": "backbone"},
-            {
-                "params": [emb.meta.centroids],
-                "lr_scale": cfg.oltr.centroid_lr_scale,
-                "weight_decay": 0.0,
-                "name": "centroids",
-            },
-            {"params": rest, "lr_scale": 1.0, "name": "heads"},
-        ]
-
-    def loss(self, net: LTNet, fwd: nn.Module, x: Tensor, y: Tensor, sc: StepContext) -> StepResult:
-        cfg = sc.cfg
-        out, loss_c, attract, repel = fwd(x, y)
-        cls_fn = LOSSES.get(cfg.loss.name, key="loss.name")
-        loss_cls = cls_fn(out.logits, y, class_counts=sc.class_counts)
-        loss = loss_cls + cfg.oltr.centroid_weight * loss_c
-        parts = {
-            "loss_cls": float(loss_cls.detach()),
-            "loss_centroid": float(loss_c.detach()),
-            "attract": float(attract.detach()),
-            "repel": float(repel.detach()),
-        }
-        return StepResult(loss, out, y, parts)
+def oltr_param_groups(net: LTNet, cfg: Config) -> list[dict[str, Any]]:
+    """SGD parameter groups with an ``lr_scale`` each: the stage-1 trunk at
+    ``oltr.backbone_lr_scale``, the centroids at ``oltr.centroid_lr_scale`` (no weight
+    decay: it would pull them to 0), everything else (attention, meta-embedding,
+    classifier) at 1. The loop sets ``lr = base lr · schedule · lr_scale`` per group."""
+    assert isinstance(net, OLTRNet)
+    emb = net.backbone
+    trunk = [p for p in emb.trunk.parameters() if p.requires_grad]
+    special = {id(p) for p in trunk} | {id(emb.meta.centroids)}
+    rest = [p for p in net.parameters() if p.requires_grad and id(p) not in special]
+    return [
+        {"params": trunk, "lr_scale": cfg.oltr.backbone_lr_scale, "name": "backbone"},
+        {
+            "params": [emb.meta.centroids],
+            "lr_scale": cfg.oltr.centroid_lr_scale,
+            "weight_decay": 0.0,
+            "name": "centroids",
+        },
+        {"params": rest, "lr_scale": 1.0, "name": "heads"},
+    ]
 
 
-TRAIN_METHODS.register("oltr")(OLTRMethod)
+def oltr_wrap(net: LTNet, cfg: Config) -> nn.Module:
+    assert isinstance(net, OLTRNet)
+    return OLTRForward(net, margin=cfg.oltr.centroid_margin, repel_weight=cfg.oltr.repel_weight)
+
+
+def oltr_loss(net: LTNet, fwd: nn.Module, x: Tensor, y: Tensor, sc: StepContext) -> StepResult:
+    """CE (or balanced softmax) on the cosine classifier + λ · the centroid loss."""
+    cfg = sc.cfg
+    out, loss_c, attract, repel = fwd(x, y)
+    cls_fn = LOSSES.get(cfg.loss.name, key="loss.name")
+    loss_cls = cls_fn(out.logits, y, class_counts=sc.class_counts)
+    loss = loss_cls + cfg.oltr.centroid_weight * loss_c
+    parts = {
+        "loss_cls": float(loss_cls.detach()),
+        "loss_centroid": float(loss_c.detach()),
+        "attract": float(attract.detach()),
+        "repel": float(repel.detach()),
+    }
+    return StepResult(loss, out, y, parts)

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ltray.config import Config, build_config, read_yaml
+from ltray.config import Config
 from ltray.data import LTData, make_loader
+from ltray.data.prepare import effective_profile
 from ltray.errors import ConfigError, RunDirError
+from ltray.train.rundir import RunDir
 
 __all__ = [
     "PreviousRun",
@@ -77,30 +79,23 @@ def load_run(run_dir: str | Path, *, key: str, methods: tuple[str, ...]) -> Prev
             f"{key}={run_dir}: no such run directory; train it first "
             f"(`ltray train train.method={methods[0]} ...`) and pass its directory"
         )
-    cfg_path = path / "config.yaml"
-    if not cfg_path.is_file():
-        raise RunDirError(f"{key}: {cfg_path} is missing; {key} takes a run dir of `ltray train`")
-    raw, lines = read_yaml(cfg_path)
-    cfg = build_config(raw, source=str(cfg_path), lines=lines)
+    run = RunDir(path)
+    problems = run.problems(key, f"train.method={methods[0]}")
+    if problems:
+        raise RunDirError(problems[0])
+    cfg = run.read_config()
     if cfg.train.method not in methods:
         raise ConfigError(
             f"{key}={run_dir}: the run was trained with train.method={cfg.train.method}, "
             f"expected one of {', '.join(methods)}"
         )
-    ckpt = path / "checkpoints" / "best.pt"
-    if not ckpt.is_file():
-        raise RunDirError(
-            f"{key}: {ckpt} is missing (the run did not finish an evaluated epoch); "
-            f"finish it with `ltray train --resume {path}`"
-        )
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = RunDir.load_state(run.checkpoint("best"))
     return PreviousRun(run_dir=path, cfg=cfg, state=state["model"])
 
 
 def check_same_split(cfg: Config, other: Config, *, key: str) -> None:
     """Raise ``ConfigError`` unless both configs describe the same data split (``profile``
     compared as resolved: an unset profile and the one it resolves to make the same split)."""
-    from ltray.data.prepare import effective_profile
 
     def value(data: Any, k: str) -> Any:
         return effective_profile(data) if k == "profile" else getattr(data, k)

@@ -16,11 +16,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ltray.data import prepare_data
 from ltray.errors import ConfigError, RunDirError
-from ltray.reproduce.plan import Plan, build_plan, pending_posthoc, pending_runs, read_plan
+from ltray.metrics import GROUP_NAMES
+from ltray.paths import ltray_home, new_run_dir
+from ltray.reproduce.plan import (
+    Plan,
+    build_plan,
+    pending_posthoc,
+    pending_runs,
+    read_plan,
+    run_config,
+    write_plan,
+)
 from ltray.reproduce.report import Tables, build_tables, collect_records, save_tables
 from ltray.reproduce.runner import Outcome, execute
 from ltray.reproduce.setup import Reproduction
+from ltray.reproduce.tracking import log_reproduction
+from ltray.tracking import resolve_tracking_uri
+from ltray.validate import config_problems, format_problems
 
 __all__ = ["Result", "plan_of", "start", "resume", "finish", "default_out_dir"]
 
@@ -42,7 +56,6 @@ class Result:
 
 def default_out_dir(source: str) -> Path:
     """A new folder ``$LTRAY_HOME/reproductions/reproduce-<name>-<stamp>``."""
-    from ltray.paths import ltray_home, new_run_dir
 
     name = Path(source).stem if source.endswith((".yaml", ".yml")) else source
     return new_run_dir(f"reproduce-{name}", parent=ltray_home() / "reproductions")
@@ -51,9 +64,6 @@ def default_out_dir(source: str) -> Path:
 def _groups_present(rep: Reproduction) -> list[str]:
     """The split's non-empty shot groups (validates the data before anything starts)."""
     import numpy as np
-
-    from ltray.data import prepare_data
-    from ltray.metrics import GROUP_NAMES
 
     groups = np.asarray(prepare_data(rep.cfg.data).groups)
     return [name for gid, name in enumerate(GROUP_NAMES) if (groups == gid).any()]
@@ -74,7 +84,6 @@ def plan_of(rep: Reproduction) -> Plan:
 
 def start(rep: Reproduction, out: str | Path | None = None) -> tuple[Plan, Path]:
     """Plan a new reproduction in ``out`` (new or empty) and write ``plan.json``."""
-    from ltray.reproduce.plan import write_plan
 
     plan = plan_of(rep)
     check_runs(plan)
@@ -95,8 +104,6 @@ def start(rep: Reproduction, out: str | Path | None = None) -> tuple[Plan, Path]
 def check_runs(plan: Plan) -> None:
     """Every planned run's config passes ltray's validation, before Ray and before any folder
     is made (the directories of earlier runs a run reads do not exist yet: not checked)."""
-    from ltray.reproduce.plan import run_config
-    from ltray.validate import config_problems, format_problems
 
     problems = []
     for run in plan.runs:
@@ -120,7 +127,6 @@ def resume(out_dir: str | Path) -> tuple[Plan, Path]:
 
 def _tracking(plan: Plan, mlflow_uri: str | None) -> tuple[str, str] | None:
     """(uri, experiment) when MLflow logging is on: ``--mlflow-uri`` or ``tracking.mlflow``."""
-    from ltray.tracking import resolve_tracking_uri
 
     tracking = plan.base.get("tracking") or {}
     # A resumed reproduction keeps logging where it started (plan.json holds the URI).
@@ -155,8 +161,6 @@ def finish(
     run_id = None
     tracking = _tracking(plan, mlflow_uri)
     if tracking is not None:
-        from ltray.reproduce.tracking import log_reproduction
-
         run_id = log_reproduction(
             plan,
             out_dir,

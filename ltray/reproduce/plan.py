@@ -28,6 +28,7 @@ from ltray.config import Config, apply_overrides, set_dotted
 from ltray.errors import ConfigError, RunDirError
 from ltray.metrics import GROUP_NAMES
 from ltray.reproduce.options import ReproduceOptions
+from ltray.train.rundir import RunDir
 
 __all__ = [
     "PLAN_VERSION",
@@ -248,15 +249,8 @@ def run_config(plan: Plan, run: RunSpec, out_dir: Path) -> Config:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """A run is finished when its ``results.json`` exists and parses."""
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        return False
-    try:
-        json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return True
+    """A run is finished when its results exist and parse (:meth:`RunDir.is_finished`)."""
+    return RunDir(run_dir).is_finished()
 
 
 def posthoc_path(out_dir: Path, seed: int, method: str) -> Path:

@@ -29,6 +29,7 @@ from ltray.reproduce.table import (
     summarize,
     write_csv,
 )
+from ltray.train.rundir import RunDir
 
 __all__ = ["Tables", "collect_records", "build_tables", "save_tables", "describe_data"]
 
@@ -53,7 +54,7 @@ def _run_record(out_dir: Path, run_id: str, head: str, table: str, row: str, see
     run_dir = out_dir / run_id
     if not is_finished(run_dir):
         return Record(table, row, seed, None, None, None, None, f"{run_id} (not finished)")
-    results = json.loads((run_dir / "results.json").read_text())
+    results = RunDir(run_dir).results() or {"heads": {}}
     test = results["heads"].get(head, {}).get("test", {})
     return _from_summary(table, row, seed, test, f"{run_id}:{head}")
 

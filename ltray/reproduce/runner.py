@@ -44,6 +44,9 @@ from ltray.reproduce.plan import (
     posthoc_path,
     run_config,
 )
+from ltray.resources import cluster_resources, resolve_scaling
+from ltray.train.driver import train
+from ltray.train.rundir import RunDir
 
 __all__ = ["Outcome", "execute", "train_task", "posthoc_task", "run_one", "fit_posthoc"]
 
@@ -64,14 +67,13 @@ class Outcome:
 def run_one(cfg: Config, run_dir: Path) -> float:
     """Train one run into ``run_dir`` (resuming from its last checkpoint if it has one); returns
     the wall time. A directory left without a checkpoint by an interrupted start is restarted."""
-    from ltray.train.driver import train
 
     t0 = time.time()
     if is_finished(run_dir):
         return 0.0
     if cfg.scaling.num_workers <= 1:
         cfg = launch.in_process(cfg)
-    if (run_dir / "checkpoints" / "last.pt").is_file():
+    if RunDir(run_dir).has_checkpoint("last"):
         train(cfg, resume=run_dir)
     else:
         if run_dir.exists():
@@ -112,7 +114,6 @@ def posthoc_task(
 
 
 def _resolved(cfg: Config) -> Config:
-    from ltray.resources import cluster_resources, resolve_scaling
 
     return resolve_scaling(cfg, cluster_resources())
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from ltray.config import Config, build_config
 from ltray.errors import ConfigError
 from ltray.presets import expand_env, read_preset
-from ltray.reproduce.options import ReproduceOptions
+from ltray.reproduce.options import MixupGrid, ReproduceOptions
 
 __all__ = ["CliOptions", "Reproduction", "load_reproduction", "epoch_overrides"]
 
@@ -120,7 +120,6 @@ def _validate_options(
 
 
 def _valid_keys(loc: tuple[str, ...]) -> str:
-    from ltray.reproduce.options import MixupGrid
 
     model = MixupGrid if loc[:1] == ("mixup",) else ReproduceOptions
     return ", ".join(model.model_fields)

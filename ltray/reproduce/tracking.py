@@ -19,6 +19,16 @@ from pathlib import Path
 
 from ltray.reproduce.plan import Plan, is_finished, run_config, write_plan
 from ltray.reproduce.table import COLUMNS, TableRow
+from ltray.tracking import (
+    SpoolingClient,
+    link_run_dir,
+    log_dataset,
+    log_results,
+    log_run_model,
+    metric_name,
+    mlflow_params,
+    start_run,
+)
 
 __all__ = ["log_reproduction", "row_metrics", "row_key"]
 
@@ -35,7 +45,6 @@ def row_key(prefix: str, key: str) -> str:
 
 def row_metrics(prefix: str, rows: list[TableRow]) -> dict[str, float]:
     """``test_<row>_<group>_mean`` / ``_std`` of every cell (fractions; absent cells left out)."""
-    from ltray.tracking import metric_name
 
     out: dict[str, float] = {}
     for row in rows:
@@ -63,15 +72,6 @@ def log_reproduction(
 ) -> str:
     """Log (or extend) the parent run and a child per finished stage-1 run; returns the parent's
     id. The parent is closed (FINISHED) only when ``complete``."""
-    from ltray.tracking import (
-        SpoolingClient,
-        link_run_dir,
-        log_dataset,
-        log_results,
-        log_run_model,
-        mlflow_params,
-        start_run,
-    )
 
     client = SpoolingClient(uri, out_dir / "mlflow_spool.jsonl")
     if plan.mlflow_parent is None:

@@ -16,10 +16,11 @@
   :func:`log_dataset`, :func:`log_epochs`, :func:`log_results`, :func:`log_run_model`,
   :func:`link_run_dir`; `ltray train` (:func:`log_train_run`) and `ltray fuse`
   (:func:`log_fusion`) whole.
-- :mod:`~ltray.tracking.models` — MLflow's PyTorch flavour, the registry, run lookups.
+- :mod:`~ltray.tracking.models` — a run's network in MLflow's PyTorch flavour
+  (:func:`log_model`), the registry, and :func:`load_run` of a folder or a ``runs:/`` URI.
 
 `ltray tune` (:mod:`ltray.tune.mlflow_callback`, the sweep's parent run in
-:mod:`ltray.tune.search`) and `ltray reproduce` (:mod:`ltray.reproduce.tracking`) decide *when*
+:mod:`ltray.tune.sweep`) and `ltray reproduce` (:mod:`ltray.reproduce.tracking`) decide *when*
 to log and call these; no other module imports mlflow (``tests/unit/test_tracking.py`` checks).
 Importing this package does not import mlflow.
 """
@@ -33,7 +34,14 @@ from ltray.tracking.client import (
     resolve_tracking_uri,
 )
 from ltray.tracking.context import dataset_input, dataset_of_run, git_commit, run_tags
-from ltray.tracking.models import LoggedModel, register_model, run_tags_of
+from ltray.tracking.models import (
+    LoggedModel,
+    load_run,
+    log_model,
+    register_model,
+    resolve_run,
+    run_tags_of,
+)
 from ltray.tracking.names import (
     chosen_metrics,
     fraction_problems,
@@ -67,6 +75,9 @@ __all__ = [
     "RUN_ARTIFACTS",
     "RUN_LINK",
     "LoggedModel",
+    "load_run",
+    "log_model",
+    "resolve_run",
     "SpoolingClient",
     "artifact_location",
     "chosen_metrics",

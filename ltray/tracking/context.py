@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ltray._version import __version__
+
 __all__ = ["run_tags", "git_commit", "dataset_input", "dataset_of_run", "DATASET_CONTEXT"]
 
 DATASET_CONTEXT = "training"  # the split was used to train (train), choose (val) and score (test)
@@ -34,9 +36,7 @@ DATASET_CONTEXT = "training"  # the split was used to train (train), choose (val
 def git_commit() -> tuple[str, bool] | None:
     """(commit, dirty) of the git checkout ltray is imported from; ``None`` for an installed
     package (or a folder that is not ltray's own checkout, or no git)."""
-    import ltray
-
-    pkg = Path(ltray.__file__).resolve().parent
+    pkg = Path(__file__).resolve().parents[1]  # the ltray package folder
     try:
         top = subprocess.run(
             ["git", "-C", str(pkg), "rev-parse", "--show-toplevel", "HEAD"],
@@ -61,13 +61,11 @@ def git_commit() -> tuple[str, bool] | None:
 
 def run_tags(command: str, *, argv: list[str] | None = None) -> dict[str, str]:
     """The source tags of a run made by ``command`` (``"ltray train"``)."""
-    import ltray
-
     argv = sys.argv if argv is None else argv
     tags = {
         "mlflow.source.name": command,
         "mlflow.source.type": "LOCAL",
-        "ltray.version": ltray.__version__,
+        "ltray.version": __version__,
         "ltray.command": shlex.join(["ltray", *argv[1:]]) if argv else command,
     }
     commit = git_commit()

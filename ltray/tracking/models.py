@@ -1,6 +1,6 @@
-"""MLflow models: a network logged in MLflow's PyTorch flavour, the model registry, and the run
-behind a ``runs:/`` URI. What the model is (which head, its example input, its metadata) is
-decided by :mod:`ltray.inference.model`; the MLflow calls are here.
+"""MLflow models: a run's network logged in MLflow's PyTorch flavour (:func:`log_model`: the
+:class:`~ltray.inference.model.PixelModel` of one head, a real input example, its metadata),
+the model registry, and the run behind a ``runs:/`` URI (:func:`load_run` takes either).
 """
 
 from __future__ import annotations
@@ -9,10 +9,25 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ltray._version import __version__
+from ltray.errors import RunDirError
+from ltray.tracking.client import resolve_tracking_uri
+from ltray.train.rundir import RunDir
+
+if TYPE_CHECKING:
+    from ltray.inference.load import LoadedRun
+
+MODEL_ARTIFACT = "model"
 
 __all__ = [
+    "MODEL_ARTIFACT",
     "LoggedModel",
+    "log_model",
+    "resolve_run",
+    "load_run",
     "using_tracking_uri",
     "log_pytorch_model",
     "register_model",
@@ -106,3 +121,102 @@ def run_tags_of(run_id: str, tracking_uri: str) -> dict[str, str]:
         return dict(client.get_run(run_id).data.tags)
     except Exception as exc:  # noqa: BLE001 - any lookup failure is the same user error
         raise LookupError(f"no such MLflow run at {tracking_uri} ({type(exc).__name__})") from None
+
+
+def log_model(
+    run: LoadedRun, *, run_id: str, tracking_uri: str, head: str | None = None
+) -> LoggedModel:
+    """Log ``run``'s ``head`` (default: its ``eval.select_head``) as a :class:`PixelModel` to
+    the MLflow run ``run_id`` in the PyTorch flavour under ``model``: the input example is two
+    real uint8 images of the run's data (``run.input_example()``), the signature (uint8
+    [-1, C_in, N, N] → float32 [-1, C]) is inferred from it, and the class names, input spec
+    and input format are metadata (the MLflow calls:
+    :func:`ltray.tracking.models.log_pytorch_model`). Returns the model's
+    ``runs:/<run id>/model`` URI and MLflow model id."""
+    import torch
+
+    head = head or run.config.eval.select_head
+    if head not in run.heads:
+        head = "linear"
+    model = run.model(head).cpu()
+    s = run.input
+    example = torch.from_numpy(run.input_example())
+    with torch.inference_mode():
+        out = model(example)
+    metadata: dict[str, Any] = {
+        "ltray_version": __version__,
+        "head": head,
+        "class_names": run.class_names,
+        "input": {k: v for k, v in vars(s).items()},
+        "input_format": (
+            f"uint8 [B, {s.in_channels}, {s.pixel_size}, {s.pixel_size}], values 0..255, "
+            f"channels first ({'gray' if s.in_channels == 1 else 'RGB'}); normalised inside "
+            "with input.mean / input.std"
+            + (f", resized to {s.image_size}" if s.image_size != s.pixel_size else "")
+            + (
+                f"; resize to {round(s.image_size * 256 / 224)} and centre-crop to "
+                f"{s.image_size} first"
+                if s.family == "imagenet"
+                else ""
+            )
+        ),
+        "run_dir": str(run.run_dir),
+    }
+    torch_req = f"torch=={torch.__version__.split('+')[0]}"
+    # torch.export (``pt2``) first: the saved graph loads without ltray installed. A network
+    # export cannot trace is pickled instead, which needs ltray to load.
+    return log_pytorch_model(
+        model,
+        example.numpy(),
+        out.numpy(),
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        name=MODEL_ARTIFACT,
+        metadata=metadata,
+        requirements=[("pt2", [torch_req]), ("pickle", [torch_req, f"ltray=={__version__}"])],
+    )
+
+
+def resolve_run(run: str | Path, *, tracking_uri: str | None = None) -> tuple[Path, str | None]:
+    """A run directory, or an MLflow ``runs:/<id>`` URI (the folder its ``ltray.run_dir`` tag
+    names) → (run directory, MLflow run id or None). ``tracking_uri`` defaults to
+    ``MLFLOW_TRACKING_URI``, else ltray's default store."""
+    text = str(run)
+    if text.startswith("runs:/"):
+        return _from_mlflow(text, tracking_uri), text[len("runs:/") :].strip("/").split("/")[0]
+    path = Path(text).expanduser().resolve()
+    if not path.is_dir():
+        raise RunDirError(f"{path}: no such run directory; pass a folder written by `ltray train`")
+    return path, None
+
+
+def _from_mlflow(uri: str, tracking_uri: str | None) -> Path:
+    import os
+
+    run_id = uri[len("runs:/") :].strip("/").split("/")[0]
+    store = resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    try:
+        tags = run_tags_of(run_id, store)
+    except LookupError as exc:
+        raise RunDirError(
+            f"{uri}: {exc}; set MLFLOW_TRACKING_URI to the store the run was logged to"
+        ) from None
+    local = tags.get("ltray.run_dir")
+    if local and RunDir(local).config_path.is_file():
+        return Path(local)
+    raise RunDirError(
+        f"{uri}: the run's directory {local or '(unknown)'} is not on this machine; copy it "
+        f"here, or load the network alone with mlflow.pytorch.load_model('{uri}/model')"
+    )
+
+
+def load_run(run: str | Path, *, device: Any = "cpu", tracking_uri: str | None = None) -> LoadedRun:
+    """:func:`ltray.inference.load_run` for a run directory or an MLflow ``runs:/<run id>`` URI
+    of one (the folder its ``ltray.run_dir`` tag names; ``tracking_uri``: the store, default
+    ``MLFLOW_TRACKING_URI``, else ltray's). ``ltray.load_run`` is this function."""
+    from ltray.inference.load import load_run as load_folder
+
+    run_dir, run_id = resolve_run(run, tracking_uri=tracking_uri)
+    loaded = load_folder(run_dir, device=device)
+    loaded.mlflow_run_id = run_id
+    return loaded

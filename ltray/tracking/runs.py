@@ -9,7 +9,6 @@ sweep's parent run), `ltray reproduce` (:mod:`ltray.reproduce.tracking`) and `lt
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,13 +17,14 @@ from typing import Any
 from ltray.config import Config
 from ltray.tracking.client import SpoolingClient, mlflow_params, resolve_tracking_uri
 from ltray.tracking.context import dataset_of_run, run_tags
-from ltray.tracking.models import LoggedModel
+from ltray.tracking.models import LoggedModel, log_model
 from ltray.tracking.names import (
     chosen_metrics,
     fused_head,
     head_metrics,
     result_metrics,
 )
+from ltray.train.rundir import RunDir
 
 __all__ = [
     "RUN_ARTIFACTS",
@@ -42,8 +42,8 @@ __all__ = [
     "runs_table_url",
 ]
 
-RUN_ARTIFACTS = ("config.yaml", "results.json", "table.txt", "per_class.png", "metrics.csv")
-RUN_LINK = "mlflow_run.json"  # in a run directory: the store and run it was logged to
+RUN_ARTIFACTS = RunDir.ARTIFACTS
+RUN_LINK = RunDir.MLFLOW_LINK  # in a run directory: the store and run it was logged to
 MODEL_NAME = "model"  # a run's network in MLflow: runs:/<run id>/model
 
 
@@ -85,9 +85,7 @@ def log_dataset(client: SpoolingClient, run_id: str, run_dir: Path | str) -> dic
 
 def log_epochs(client: SpoolingClient, run_id: str, run_dir: Path | str) -> None:
     """Every epoch of ``metrics.jsonl`` at its epoch as step."""
-    from ltray.train.rundir import read_metrics
-
-    for rec in read_metrics(Path(run_dir)):
+    for rec in RunDir(run_dir).read_metrics():
         client.log_metrics(run_id, rec, step=int(rec["epoch"]))
 
 
@@ -103,7 +101,7 @@ def log_results(
     run's result files."""
     run_dir = Path(run_dir)
     if results is None:
-        results = json.loads((run_dir / "results.json").read_text())
+        results = RunDir(run_dir).results()
     client.log_metrics(run_id, result_metrics(results), step=int(results["best_epoch"]))
     for name in artifacts:
         client.log_artifact(run_id, str(run_dir / name))
@@ -111,10 +109,9 @@ def log_results(
 
 def log_run_model(client: SpoolingClient, run_id: str, run_dir: Path) -> LoggedModel | None:
     """Log the run's network (its ``eval.select_head``) in MLflow's PyTorch flavour under
-    ``model`` (:func:`ltray.inference.model.log_model`). A run that only reached the spool, or a
+    ``model`` (:func:`ltray.tracking.models.log_model`). A run that only reached the spool, or a
     failure, costs a warning, never the results; a run without a checkpoint has no model."""
-    ckpts = Path(run_dir) / "checkpoints"
-    if not ((ckpts / "best.pt").is_file() or (ckpts / "last.pt").is_file()):
+    if RunDir(run_dir).model_checkpoint() is None:
         return None
     real = client.resolve(run_id)
     if real.startswith("pending-"):
@@ -126,7 +123,6 @@ def log_run_model(client: SpoolingClient, run_id: str, run_dir: Path) -> LoggedM
         return None
     try:
         from ltray.inference import load_run
-        from ltray.inference.model import log_model
 
         return log_model(load_run(run_dir), run_id=real, tracking_uri=client.tracking_uri)
     except Exception as exc:  # noqa: BLE001 - logging the model must not lose the run
@@ -149,13 +145,12 @@ def link_run_dir(
     if model is not None:
         info["model_uri"] = model.uri
         info["model_id"] = model.model_id
-    (Path(run_dir) / RUN_LINK).write_text(json.dumps(info))
+    RunDir(run_dir).write_mlflow_link(info)
 
 
 def read_run_link(run_dir: Path) -> dict[str, Any] | None:
     """``mlflow_run.json`` of a run directory, ``None`` when it was never tracked."""
-    path = Path(run_dir) / RUN_LINK
-    return json.loads(path.read_text()) if path.is_file() else None
+    return RunDir(run_dir).mlflow_link()
 
 
 def log_train_run(cfg: Config, run_dir: Path, results: dict[str, Any]) -> str | None:

@@ -20,9 +20,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ltray.config import Config, build_config, read_yaml, save_config
+from ltray.config import Config
 from ltray.errors import RunDirError
 from ltray.paths import new_run_dir
+from ltray.tracking import log_train_run
+from ltray.train.rundir import RunDir
 
 __all__ = [
     "train",
@@ -142,13 +144,7 @@ def prepare_run_dir(cfg: Config, out: str | Path | None, *, prefix: str) -> Path
 def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
     """The resolved config of an earlier run, plus overrides (e.g. ``train.epochs=30``; which
     keys a resumed run may change: :data:`ltray.train.resume.RESUME_ALLOWED`)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise RunDirError(
-            f"{path}: no config.yaml; --resume takes a run directory of `ltray train`"
-        )
-    raw, lines = read_yaml(path)
-    return build_config(raw, source=str(path), lines=lines, overrides=overrides)
+    return RunDir(run_dir).read_config(overrides)
 
 
 def ray_init(address: str | None = None, *, dashboard: bool = True, **kwargs: Any) -> None:
@@ -190,9 +186,7 @@ def driver_runtime_env(address: str | None) -> dict[str, Any]:
     remote = address not in (None, "local")
     brought = job.get("working_dir") or job.get("py_modules")
     if remote and not brought and os.environ.get("LTRAY_SHIP_CODE", "1") != "0":
-        import ltray
-
-        out["py_modules"] = [str(Path(ltray.__file__).resolve().parent)]
+        out["py_modules"] = [str(Path(__file__).resolve().parents[1])]  # the ltray package
         if "excludes" not in job:
             out["excludes"] = ["__pycache__/", "*.pyc"]
     return out
@@ -282,7 +276,7 @@ def make_trainer(
         run_config=ray.train.RunConfig(
             name=name,
             **(
-                {"storage_path": str(run_dir / "ray")}
+                {"storage_path": str(run_dir / RunDir.RAY)}
                 if store is None
                 else {"storage_path": (store / "ray").path, "storage_filesystem": store.fs}
             ),
@@ -304,13 +298,13 @@ def train(
     """[1] Run one training job; returns (run directory, results)."""
     from ltray.data import prepare_data
     from ltray.resources import check_fits, cluster_resources, local_resources, resolve_scaling
-    from ltray.train.resume import check_resume, record_resume
+    from ltray.train.resume import check_resume
     from ltray.validate import check_config, ignored_settings
 
     resume_from = None
     if resume is not None:
         run_dir = Path(resume).expanduser().resolve()
-        resume_from = run_dir / "checkpoints" / "last.pt"
+        resume_from = RunDir(run_dir).checkpoint("last")
         if not resume_from.is_file():
             raise RunDirError(
                 f"{resume_from}: no checkpoint to resume from; start a new run instead"
@@ -343,30 +337,30 @@ def train(
     if data is not None:
         fresh = out is None or not Path(out).expanduser().exists()
         run_dir = prepare_run_dir(cfg, out, prefix=f"{cfg.data.name}-{cfg.train.method}")
-        save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "split.json").write_text(json.dumps(data.split_info, indent=1, default=str))
+        RunDir(run_dir).write_config(cfg)
+        RunDir(run_dir).write_split(data.split_info)
     if resume is not None:
-        record_resume(run_dir, cfg, changes)  # config.yaml := what the run continues with
+        RunDir(run_dir).record_resume(cfg, changes)  # config.yaml := what the run continues with
     try:
         _run(cfg, run_dir, resume_from=resume_from, address=address)
     except BaseException:
         if resume is None:
             _discard_unstarted(run_dir, remove=fresh)
         raise
-    results_path = run_dir / "results.json"
-    if not results_path.is_file():
-        raise RunDirError(f"{results_path}: training ended without results; see the log above")
-    results = json.loads(results_path.read_text())
+    results = RunDir(run_dir).results()
+    if results is None:
+        raise RunDirError(
+            f"{run_dir / RunDir.RESULTS}: training ended without results; see the log above"
+        )
     if cfg.tracking.mlflow:
-        from ltray.tracking import log_train_run
-
         log_train_run(cfg, run_dir, results)
     return run_dir, results
 
 
 def _run(cfg: Config, run_dir: Path, *, resume_from: Path | None, address: str | None) -> None:
     """The loop in this process (``scaling.num_workers=0``) or through a Ray Train trainer."""
-    attempt = len(list(run_dir.glob("ray/train-*"))) if (run_dir / "ray").is_dir() else 0
+    ray_dir = run_dir / RunDir.RAY
+    attempt = len(list(ray_dir.glob("train-*"))) if ray_dir.is_dir() else 0
     if cfg.scaling.num_workers == 0:
         from ltray.train.context import LocalContext
         from ltray.train.loop import run_training
@@ -391,7 +385,7 @@ def _discard_unstarted(run_dir: Path, *, remove: bool) -> None:
     `ltray train --resume` would refuse (``remove``: the folder itself was made by this call)."""
     import shutil
 
-    if not run_dir.is_dir() or (run_dir / "checkpoints" / "last.pt").is_file():
+    if not run_dir.is_dir() or RunDir(run_dir).has_checkpoint("last"):
         return
     for child in run_dir.iterdir():
         if child.is_dir() and not child.is_symlink():

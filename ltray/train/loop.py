@@ -18,7 +18,6 @@ time into setup, training, evaluation and the final pass (``scripts/bench_train.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -34,9 +33,10 @@ from ltray.config import Config, config_hash
 from ltray.data import LTData, make_loader, prepare_data, shard_loader
 from ltray.errors import ConfigError, RunDirError
 from ltray.fusion.base import FitContext
+from ltray.fusion.cache import read_cache
+from ltray.fusion.methods import context_of
 from ltray.metrics import HeadMetrics
-from ltray.models import LTNet
-from ltray.train import rundir
+from ltray.models import LTNet, class_sums, normalize
 from ltray.train.catalog import get_method
 from ltray.train.context import LoopContext
 from ltray.train.evaluate import (
@@ -52,6 +52,7 @@ from ltray.train.evaluate import (
 )
 from ltray.train.methods import StepContext
 from ltray.train.resume import run_hash
+from ltray.train.rundir import RunDir, progress_line
 from ltray.train.schedule import base_lr, lr_factor
 from ltray.validate import format_problems, ignored_problems
 
@@ -71,7 +72,7 @@ def _epoch_seed(cfg: Config, epoch: int, rank: int) -> int:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return RunDir.load_state(path)
 
 
 def _resume_state(
@@ -99,7 +100,7 @@ def _resume_state(
     chosen: tuple[Path | None, dict[str, Any] | None] = (None, None)
     shared = world > 1 and dist.is_available() and dist.is_initialized()
     if rank == 0 or not shared:
-        own = run_dir / "checkpoints" / "last.pt"
+        own = RunDir(run_dir).checkpoint("last")
         candidates = [ctx.restored_state(), resume_from, own if own.is_file() else None]
         for path in dict.fromkeys(Path(c) for c in candidates if c is not None):
             state = load_state(path)
@@ -188,8 +189,9 @@ def run_training(
 
     # -- data and model -----------------------------------------------------------------------
     data = prepare_data(cfg.data)
-    if is_main and not (run_dir / "split.json").is_file():  # a tune trial: no driver wrote it
-        rundir.write_split_info(run_dir, data.split_info)
+    run = RunDir(run_dir)
+    if is_main and not (run / RunDir.SPLIT).is_file():  # a tune trial: no driver wrote it
+        run.write_split(data.split_info)
     method = get_method(cfg)
     data = method.prepare_data(data, cfg)  # e.g. an LFME expert trains on one shot group only
     small = cfg.model.small_input if cfg.model.small_input is not None else data.small_input
@@ -271,7 +273,7 @@ def run_training(
     if memory is not None and k == 0 and not bool(memory.initialized):
         memory.set_from_sums(*_full_pass(net, train_pass, device, data.num_classes, world, cl))
 
-    rundir.write_worker_pid(run_dir, rank)  # every rank: workers/rank{R}.pid
+    run.write_worker_pid(rank)  # every rank: workers/rank{R}.pid
     history_t0 = time.time()
     timing = {"setup_s": history_t0 - t_enter, "train_s": 0.0, "eval_s": 0.0, "memory_init_s": 0.0}
     last_val = None  # (epoch, val arrays) of the latest evaluation, reused by the final pass
@@ -288,14 +290,12 @@ def run_training(
         # Time spent inside the loop (data, model, epochs, final evaluation): benchmarks
         # subtract loop_s from a run's wall time to get the orchestration overhead.
         timing.update(final_s=time.time() - t_final, loop_s=time.time() - t_enter)
-        (run_dir / "timing.json").write_text(json.dumps(timing))
+        run.write_timing(timing)
         return out
 
     def _epoch_arrays(epoch: int, final: bool) -> EpochArrays:
         """This epoch's arrays for ``epoch_hook``; at the end, the best checkpoint's (the
         cache ``_finish`` wrote), so the hook scores the model the run leaves behind."""
-        from ltray.fusion.cache import read_cache
-        from ltray.fusion.methods import context_of
 
         if final:
             cache = read_cache(run_dir)
@@ -423,8 +423,7 @@ def run_training(
 
         ckpt_path = None
         if is_main:
-            ckpt_path = rundir.save_checkpoint(
-                run_dir,
+            ckpt_path = run.save_checkpoint(
                 {
                     "model": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -443,8 +442,8 @@ def run_training(
                 t_hook = time.time()
                 metrics.update(epoch_hook(_epoch_arrays(epoch, last and finalize)))
                 metrics["hook_time_s"] = time.time() - t_hook
-            rundir.append_metrics(run_dir, metrics)
-            print(rundir.progress_line(metrics, cfg), flush=True)
+            run.append_metrics(metrics)
+            print(progress_line(metrics, cfg), flush=True)
         ctx.report(metrics, ckpt_path)
 
     if not (finalize and is_main):
@@ -480,11 +479,12 @@ def finalize_run(
     ``reload=False``: ``net`` already holds the best weights (the best epoch was the last one);
     ``val``: that epoch's val arrays, reused instead of a second pass.
     """
-    best_path = rundir.checkpoint_path(run_dir, "best")
+    run = RunDir(run_dir)
+    best_path = run.checkpoint("best")
     checkpoint = "best"
     if not best_path.is_file():
         # No epoch ever had a val score of the selection metric: say so, never call it best.
-        best_path, checkpoint = rundir.checkpoint_path(run_dir, "last"), "last"
+        best_path, checkpoint = run.checkpoint("last"), "last"
         print(
             f"[ltray] WARNING: no epoch reported {_select_metric(cfg)} (eval.select_head/"
             "select_group); the results are those of the last epoch, not a best-val one",
@@ -525,13 +525,12 @@ def finalize_run(
         )
         for head, m in heads.items():
             results["heads"].setdefault(head, {})[split] = m
-    rundir.write_cache(run_dir, cfg, data, splits, net)
-    return rundir.write_results(run_dir, cfg, data, results)
+    run.write_cache(cfg, data, splits, net)
+    return run.write_results(cfg, data, results)
 
 
 def _sums_from_arrays(
     features: np.ndarray, labels: np.ndarray, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from ltray.models import class_sums, normalize
 
     return class_sums(normalize(torch.from_numpy(features)), torch.from_numpy(labels), num_classes)

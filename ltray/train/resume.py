@@ -1,7 +1,7 @@
 """A run's config is the run's: what ``ltray train --resume`` may change, and the record of it.
 
     changes = check_resume(saved, cfg, run_dir)     # ConfigError naming every refused key
-    record_resume(run_dir, cfg, changes)            # config.yaml := cfg, the old one kept
+    RunDir(run_dir).record_resume(cfg, changes)     # config.yaml := cfg, the old one kept
 
 A checkpoint continues the run that wrote it. Resuming with another learning rate, KT setting or
 data split would train one model under two configs while ``config.yaml`` and ``split.json``
@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-from ltray.config import Config, flatten, save_config
+from ltray.config import Config, flatten
 from ltray.errors import ConfigError
+from ltray.train.rundir import RunDir
 
 __all__ = [
     "RESUME_ALLOWED",
@@ -33,8 +32,6 @@ __all__ = [
     "run_hash",
     "config_changes",
     "check_resume",
-    "record_resume",
-    "read_resumes",
 ]
 
 # Keys a resumed run may change: none of them changes what the model is trained on or how.
@@ -102,45 +99,5 @@ def check_resume(saved: Config, cfg: Config, run_dir: Path) -> dict[str, tuple[A
     raise ConfigError(
         f"--resume {run_dir}: {shown} would change the run{epochs}; a resumed run keeps its "
         f"config except {', '.join(RESUME_ALLOWED)}; drop these overrides, or start a new run "
-        f"from its config: `ltray train --config {run_dir / 'config.yaml'} {overrides}`"
+        f"from its config: `ltray train --config {RunDir(run_dir).config_path} {overrides}`"
     )
-
-
-def _epochs_done(run_dir: Path) -> int:
-    """The last epoch ``metrics.jsonl`` records (0: none)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    epochs = [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
-    return int(max(epochs, default=0))
-
-
-def read_resumes(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of ``resumes.jsonl``, oldest first."""
-    path = Path(run_dir) / "resumes.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def record_resume(run_dir: Path, cfg: Config, changes: dict[str, tuple[Any, Any]]) -> Path:
-    """Append this resume to ``resumes.jsonl``; when the config changed, keep the earlier
-    ``config.yaml`` as ``config.before-resume-<n>.yaml`` and write ``cfg`` as ``config.yaml``.
-    Returns the record file."""
-    run_dir = Path(run_dir)
-    n = len(read_resumes(run_dir)) + 1
-    record: dict[str, Any] = {
-        "resume": n,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "epochs_done": _epochs_done(run_dir),
-        "changes": {k: {"old": a, "new": b} for k, (a, b) in changes.items()},
-    }
-    if changes:
-        kept = run_dir / f"config.before-resume-{n}.yaml"
-        shutil.copyfile(run_dir / "config.yaml", kept)
-        save_config(cfg, run_dir / "config.yaml")
-        record["previous_config"] = kept.name
-    path = run_dir / "resumes.jsonl"
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    return path

@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ltray.tune.plan import asha_rungs
+
 __all__ = ["rung_correlations", "grace_advice", "importances", "optuna_distribution"]
 
 
@@ -63,7 +65,6 @@ def grace_advice(
     """For each grace period g: the cuts ASHA (reduction factor ``factor``) would make and
     whether they keep the final ``top`` trials; ``advice``: the smallest g that does (None:
     too few finished trials to say)."""
-    from ltray.tune.plan import asha_rungs
 
     done = [t for t in trials if last in t.get("curve", {})]
     sign = -1 if mode == "max" else 1

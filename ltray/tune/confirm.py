@@ -28,10 +28,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ltray.config import Config
+from ltray.errors import ConfigError
+from ltray.launch import start_ray, unit_resources
 from ltray.metrics import format_mean_std, mean_std
-from ltray.storage import Storage
+from ltray.resources import cluster_resources, local_resources, resolve_scaling
+from ltray.storage import Storage, driver_folder
+from ltray.tracking import SpoolingClient, metric_name, mlflow_params, start_run
 from ltray.tracking.names import parse_metric
-from ltray.train.rundir import parse_metrics
+from ltray.train.rundir import RunDir, parse_metrics
 from ltray.tune.folder import collect_trials, rank_trials
 
 __all__ = [
@@ -112,10 +117,10 @@ def _score_of(record: dict[str, Any], results: dict[str, Any] | None, metric: st
 
 def run_scores(run_dir: Storage, metric: str) -> dict[str, float | None] | None:
     """``{"val": ..., "test": ...}`` of one confirmation run, None while it has not finished."""
-    results = (run_dir / "results.json").read_json(missing_ok=True)
+    results = (run_dir / RunDir.RESULTS).read_json(missing_ok=True)
     if results is None:
         return None
-    records = parse_metrics((run_dir / "metrics.jsonl").read_text(missing_ok=True) or "")
+    records = parse_metrics((run_dir / RunDir.METRICS).read_text(missing_ok=True) or "")
     last = records[-1] if records else {}
     return {s: _score_of(last, results, metric, s) for s in ("val", "test")}
 
@@ -249,7 +254,6 @@ def _plan(
 ) -> dict[str, Any]:
     """The confirmation's plan (``<sub>/plan.json``): made once; a later call must ask for the
     same ``top``/``seeds`` (it continues that confirmation)."""
-    from ltray.errors import ConfigError
 
     path = root / sub / "plan.json"
     plan = path.read_json(missing_ok=True)
@@ -296,17 +300,11 @@ def run_confirm(
     (:func:`confirm_table`)."""
     from ray import tune
 
-    from ltray.config import Config
-    from ltray.launch import start_ray
-    from ltray.resources import cluster_resources, local_resources, resolve_scaling
-    from ltray.storage import driver_folder
     from ltray.tune.mlflow_callback import MlflowSweepCallback
-    from ltray.tune.trial import trainable
+    from ltray.tune.trial import trainable  # torch
 
     state = (root / "sweep.json").read_json()
     if state.get("kind") == "posthoc":
-        from ltray.errors import ConfigError
-
         raise ConfigError("a post-hoc sweep trains nothing to confirm; confirm a train sweep")
     metric = metric or state["metric"][0]
     sub = confirm_folder(state, metric)
@@ -318,7 +316,6 @@ def run_confirm(
     base = Config.model_validate(state["base"])
     have = cluster_resources() if address else local_resources()
     base = resolve_scaling(base, have)
-    from ltray.launch import unit_resources
 
     meta: dict[str, Any] = {
         "base": base.model_dump(mode="json"),
@@ -331,8 +328,6 @@ def run_confirm(
     callbacks = []
     client = None
     if mlflow and state.get("mlflow_parent"):
-        from ltray.tracking import SpoolingClient, mlflow_params, start_run
-
         client = SpoolingClient(state["mlflow_uri"], local_folder / "mlflow_spool.jsonl")
         if plan.get("mlflow_group") is None:
             plan["mlflow_group"] = start_run(
@@ -412,7 +407,6 @@ def _log_group(
     """The confirmation's MLflow group run: val/test mean and std per configuration
     (``{split}_confirm<rank>_<group>_{mean,std}``), the winner as tags, the winner's model
     (its seed with the best val) — registered with ``register`` — and the table."""
-    from ltray.tracking import metric_name
     from ltray.tune.mlflow_callback import log_best_model
 
     group = plan["mlflow_group"]

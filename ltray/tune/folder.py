@@ -25,7 +25,7 @@ from typing import Any
 from ltray.errors import RunDirError
 from ltray.paths import sweeps_dir
 from ltray.storage import Storage, driver_folder, is_uri
-from ltray.train.rundir import parse_metrics
+from ltray.train.rundir import RunDir, parse_metrics
 
 __all__ = [
     "DRIVER_FILES",
@@ -125,7 +125,7 @@ def collect_trials(
             vals = [float(r[metric]) for r in records if isinstance(r.get(metric), (int, float))]
             if vals:
                 best[metric] = _best(vals, mode)
-        results = (trial_dir / "results.json").read_json(missing_ok=True)
+        results = (trial_dir / RunDir.RESULTS).read_json(missing_ok=True)
         out.append(
             {
                 "trial_id": info["trial_id"],

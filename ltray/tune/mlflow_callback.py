@@ -20,13 +20,17 @@ from ray.tune import Callback
 
 from ltray.storage import local_copy
 from ltray.tracking import (
+    LoggedModel,
     SpoolingClient,
     link_run_dir,
     log_dataset,
     log_results,
     log_run_model,
+    read_run_link,
+    register_model,
     start_run,
 )
+from ltray.train.rundir import RunDir
 
 __all__ = ["MlflowSweepCallback", "trial_metrics", "log_best_model"]
 
@@ -147,7 +151,7 @@ class MlflowSweepCallback(Callback):
         run_id = self._run_id(trial)
         rel = f"trials/{trial.trial_id}"
         trial_dir = local_copy(self.sweep_dir, rel)  # a remote sweep: its top files fetched
-        if (trial_dir / "results.json").is_file():
+        if RunDir(trial_dir).is_finished():
             # The model needs the checkpoint and the cache too (a local sweep: the same path).
             trial_dir = local_copy(self.sweep_dir, rel, recursive=True)
             log_results(self.client, run_id, trial_dir)
@@ -173,8 +177,6 @@ def log_best_model(
     ended, else now; a post-hoc sweep's trials have none), shown as the parent run's model too;
     the parent run's ``ltray.best_model`` tag points at it; with ``register``, it becomes a new
     version of that registered model."""
-    from ltray.storage import local_copy
-    from ltray.tracking import LoggedModel, log_run_model, read_run_link, register_model
 
     runs_path = sweep_dir / "mlflow_runs.json"
     if not best.get("trial_id") or not runs_path.is_file():
@@ -183,10 +185,10 @@ def log_best_model(
     if not child:
         return
     trial_dir = Path(best.get("dir") or "")
-    if not (trial_dir / "checkpoints" / "best.pt").is_file():
+    if not RunDir(trial_dir).has_checkpoint("best"):
         # A remote sweep's trial is fetched whole (checkpoint and cache) into the driver's mirror.
         trial_dir = local_copy(sweep_dir, f"trials/{best['trial_id']}", recursive=True)
-    if not (trial_dir / "checkpoints" / "best.pt").is_file():
+    if not RunDir(trial_dir).has_checkpoint("best"):
         return
     link = read_run_link(trial_dir) or {}
     if link.get("model_uri") and link.get("run_id") == client.resolve(child):

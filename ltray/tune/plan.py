@@ -21,11 +21,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ltray.config import Config, plain_message
+from ltray.config import Config, flatten, plain_message
 from ltray.errors import ConfigError, LtrayError, RunDirError
 from ltray.resources import check_fits, local_resources, resolve_scaling
 from ltray.tune.folder import sweep_paths
+from ltray.tune.scoring import is_posthoc_metric, split_methods
 from ltray.tune.space import POSTHOC, SearchSettings, Space
+from ltray.validate import SELECT_KEYS, config_problems, format_problems, run_group_problems
 
 __all__ = [
     "SweepOptions",
@@ -142,7 +144,6 @@ def _posthoc_text(space: Space) -> str | None:
     methods = space.spec.search.posthoc
     if not methods:
         return None
-    from ltray.tune.scoring import split_methods
 
     every, rungs = split_methods(methods)
     parts = []
@@ -199,7 +200,6 @@ def _check_from_run(space: Space, opts: SweepOptions) -> None:
                 "directory written by `ltray train`"
             )
         # The run's shot groups, not the space's base config's, decide which metrics exist.
-        from ltray.validate import format_problems, run_group_problems
 
         meta = json.loads(cache.read_text())
         empty = run_group_problems(meta, space.metrics, run=f"--from {opts.from_run}")
@@ -214,7 +214,6 @@ def check_sweep(space: Space, opts: SweepOptions) -> None:
     the search overrides, ``--from``, the config a post-hoc sweep trains without ``--from``
     (the space file's own checks ran in :func:`~ltray.tune.space.load_space`) and, for a local
     sweep, whether one trial fits this machine. ``--dry-run`` runs exactly this."""
-    from ltray.validate import config_problems, format_problems
 
     problems = _search_problems(space, opts)
     asha_keys = {"grace_period", "reduction_factor"} & set(opts.given())
@@ -243,7 +242,6 @@ def check_sweep(space: Space, opts: SweepOptions) -> None:
 def check_resume(state: dict[str, Any], space: Space) -> None:
     """``--resume`` continues the sweep that was started: refuse a command whose config differs
     from the one saved with the sweep (and recorded in MLflow), naming every changed key."""
-    from ltray.config import flatten
 
     saved = flatten(state.get("base", {}))
     now = flatten(space.base.model_dump(mode="json"))
@@ -266,8 +264,6 @@ def select_head_from_metric(space: Space) -> Space:
     explicitly are kept; a metric that is not an accuracy (ece), or one of the post-hoc stage
     (``val_posthoc_*``, ``val_best_*``: the heads are then chosen by the base's settings), leaves
     the selection alone. Returns a new space."""
-    from ltray.tune.scoring import is_posthoc_metric
-    from ltray.validate import SELECT_KEYS
 
     metric = space.metrics[0]
     if space.spec.kind == POSTHOC or not metric.startswith("val_") or is_posthoc_metric(metric):

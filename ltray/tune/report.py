@@ -15,6 +15,8 @@ from typing import Any
 
 from ltray.metrics import format_mean_std, mean_std
 from ltray.storage import Storage
+from ltray.tune.analysis import grace_advice, importances, rung_correlations
+from ltray.tune.confirm import confirm_table, format_confirm
 from ltray.tune.folder import collect_trials, rank_trials
 from ltray.tune.plan import asha_rungs
 from ltray.tune.space import SearchSettings
@@ -203,7 +205,6 @@ def report_tables(
 def _confirm_tables(sweep_dir: Storage, summary: dict[str, Any]) -> list[Any]:
     """The sweep's confirmations over seeds (``confirm/``, ``confirm-<metric>/``): shown first,
     they are the answer a search gives."""
-    from ltray.tune.confirm import confirm_table, format_confirm
 
     out = []
     for child in sweep_dir.children():
@@ -220,8 +221,6 @@ def _cut_tables(state: dict[str, Any], trials: list[dict[str, Any]], summary: di
     """Whether ASHA's cuts ranked trials as their last epochs do (Spearman ρ per cut), the
     grace period that would have kept the final best trials, and Optuna's importances."""
     from rich.table import Table
-
-    from ltray.tune.analysis import grace_advice, importances, rung_correlations
 
     ends = [max(t["curve"]) for t in trials if t.get("curve")]
     if state.get("kind") == "posthoc" or not ends:
@@ -289,8 +288,6 @@ def importance_plot(sweep_dir: Path | Storage, path: Path | Storage) -> Path | S
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ltray.tune.analysis import importances
 
     sweep_dir = Storage.at(sweep_dir)
     state = (sweep_dir / "sweep.json").read_json()

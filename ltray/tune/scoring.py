@@ -42,6 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ltray.errors import ConfigError
+from ltray.fusion.cache import SplitArrays, read_cache
+from ltray.fusion.report import save_results
 from ltray.metrics import HeadMetrics, evaluate_logits
 from ltray.tracking.names import GROUPS, SCORES, parse_metric
 
@@ -82,7 +85,7 @@ def method_settings(
 ) -> dict[str, dict[str, Any]]:
     """``search.posthoc`` as ``{method: settings}``: NCM-based methods on the EMA memory unless
     their settings say otherwise; methods with a seed get the trial's ``train.seed``."""
-    from ltray.fusion.base import FUSION_METHODS
+    from ltray.fusion.methods import FUSION_METHODS  # torch: only with post-hoc methods
 
     given = dict.fromkeys(methods) if not isinstance(methods, Mapping) else dict(methods)
     out: dict[str, dict[str, Any]] = {}
@@ -115,8 +118,7 @@ def posthoc_problems(
     """Problems of ``search.posthoc`` and of the post-hoc metrics a sweep selects on, before
     Ray: unknown methods or settings, a metric of a method not fitted, a memory-based method
     without a memory (``memory``: the trials build one)."""
-    from ltray.errors import ConfigError
-    from ltray.fusion.base import FUSION_METHODS, parse_settings
+    from ltray.fusion.methods import FUSION_METHODS, parse_settings
 
     out = []
     known = FUSION_METHODS.names()
@@ -175,7 +177,6 @@ def val_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _subset(split: SplitArrays, idx: np.ndarray) -> SplitArrays:
-    from ltray.fusion.cache import SplitArrays
 
     return SplitArrays(
         features=split.features[idx],
@@ -282,13 +283,11 @@ class PosthocScorer:
     def _deploy(self, run_dir: Path) -> dict[str, float]:
         """The deployable fits at the end (train + all of val, as ``ltray fuse``), written to a
         ``fusion/fuse-*`` folder of the run; their test metrics for the trial's record."""
-        from ltray.fusion.cache import read_cache
         from ltray.fusion.methods import run_method
-        from ltray.fusion.report import save_results
 
         cache = read_cache(run_dir)
         results = [run_method(cache, m, s) for m, s in self.methods.items()]
-        save_results(Path(run_dir), results, cache.class_counts, mlflow=False)
+        save_results(Path(run_dir), results, cache.class_counts)
         out: dict[str, float] = {}
         for r in results:
             out.update(_named("test", posthoc_head(r.name), r.test))
@@ -296,7 +295,7 @@ class PosthocScorer:
 
 
 def _needs(method: str, settings: Mapping[str, Any]) -> tuple[str, ...]:
-    from ltray.fusion.base import FUSION_METHODS
+    from ltray.fusion.methods import FUSION_METHODS
 
     spec = FUSION_METHODS.get(method)
     extra = ("memory_ema",) if settings.get("memory") == "ema" else ()
@@ -312,7 +311,6 @@ def _method_of(metric: str) -> str | None:
 
 def _empty_like(split: SplitArrays) -> SplitArrays:
     """A train split with no rows, handed to methods whose fit never reads train."""
-    from ltray.fusion.cache import SplitArrays
 
     return SplitArrays(
         features=split.features[:0],

@@ -47,7 +47,7 @@ from ltray.config import (
     read_yaml,
 )
 from ltray.errors import ConfigError, SpaceError
-from ltray.tune.scoring import is_posthoc_metric
+from ltray.tune.scoring import is_posthoc_metric, posthoc_problems
 from ltray.validate import config_problems, metric_problems
 
 __all__ = [
@@ -328,7 +328,7 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
         return f"{p}:{n}: " if n else f"{p}: "
 
     if spec.kind == POSTHOC:
-        from ltray.fusion import FUSION_METHODS, parse_settings
+        from ltray.fusion.methods import FUSION_METHODS, parse_settings  # torch: post-hoc only
 
         known = ", ".join(FUSION_METHODS.names())
         # The searched methods: `method:` and/or a categorical `method` key in the space.
@@ -378,8 +378,6 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
             spec.search.metric if isinstance(spec.search.metric, list) else [spec.search.metric]
         )
         if spec.search.posthoc or any(is_posthoc_metric(m) for m in all_metrics):
-            from ltray.tune.scoring import posthoc_problems
-
             memory = base.memory.enabled if base is not None else True
             problems += [
                 f"{p}: {x}"

@@ -29,10 +29,20 @@ from ltray.errors import ConfigError, RunDirError
 from ltray.launch import TRAIN_DRIVER, start_ray, unit_resources
 from ltray.resources import cluster_resources, local_resources
 from ltray.storage import Storage, pull_files, push_files
+from ltray.tracking import (
+    SpoolingClient,
+    log_dataset,
+    mlflow_params,
+    parse_metric,
+    resolve_tracking_uri,
+    result_metrics,
+    start_run,
+)
+from ltray.train.driver import train
 from ltray.tune.asha import PersistentASHA
 from ltray.tune.confirm import run_confirm
 from ltray.tune.folder import DRIVER_FILES, SweepPaths, collect_trials, rank_trials, sweep_paths
-from ltray.tune.mlflow_callback import log_best_model
+from ltray.tune.mlflow_callback import MlflowSweepCallback, log_best_model
 from ltray.tune.plan import (
     SweepOptions,
     asha_state,
@@ -71,7 +81,6 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
     asha = asha_state(space)
     space = select_head_from_metric(space)
     local = where.local()
-    from ltray.tracking import mlflow_params, resolve_tracking_uri
 
     state: dict[str, Any] = (root / "sweep.json").read_json() if opts.resume else {}
     if opts.resume:
@@ -83,7 +92,6 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
     base_trained = False
     if space.spec.kind == POSTHOC and not from_run:
         # No cached run given: train the base config once (the embedded default by default).
-        from ltray.train.driver import train
 
         in_process = space.base.scaling.model_copy(update={"num_workers": 0})
         base_run, _ = train(
@@ -116,9 +124,6 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
     experiment = opts.experiment or space.base.tracking.experiment
     callbacks = []
     if opts.mlflow:
-        from ltray.tracking import SpoolingClient, start_run
-        from ltray.tune.mlflow_callback import MlflowSweepCallback
-
         parent = state.get("mlflow_parent")
         if parent is None:
             client = SpoolingClient(uri, local / "mlflow_spool.jsonl")
@@ -240,8 +245,6 @@ def run_sweep(space: Space, opts: SweepOptions) -> dict[str, Any]:
             register=opts.register,
         )
     if opts.mlflow and parent is not None:
-        from ltray.tracking import SpoolingClient
-
         client = SpoolingClient(uri, local / "mlflow_spool.jsonl")
         register = None if confirm else opts.register
         _finish_parent(client, local, parent, summary, from_run, register=register)
@@ -262,7 +265,6 @@ def _finish_parent(
     """The sweep's parent run at the end: the best trial's numbers under their own names (the
     best value of each sweep metric over its epochs, its test metrics), its dataset and model,
     ``summary.json``; then closed."""
-    from ltray.tracking import log_dataset, parse_metric, result_metrics
 
     best = summary.get("best") or {}
     if best:

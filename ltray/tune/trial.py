@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from ltray.config import Config, set_dotted
+from ltray.fusion.cache import read_cache
+from ltray.fusion.methods import run_method
 from ltray.storage import FolderSync, Storage, node_scratch
+from ltray.train.context import SyncingContext, TuneContext
+from ltray.train.driver import make_trainer
+from ltray.train.loop import run_training
+from ltray.train.rundir import RunDir
+from ltray.tune.scoring import PosthocScorer, method_settings
 
 __all__ = [
     "trial_config",
@@ -97,7 +104,6 @@ def _posthoc_scorer(meta: dict[str, Any], cfg: Config) -> Any:
     when the space names no post-hoc methods."""
     if not meta.get("posthoc"):
         return None
-    from ltray.tune.scoring import PosthocScorer, method_settings
 
     return PosthocScorer(
         methods=method_settings(meta["posthoc"], cfg.train.seed),
@@ -116,22 +122,18 @@ def train_trial(config: dict[str, Any]) -> None:
     folder = TrialFolder(meta, trial_id)
     run_dir = folder.path
     _write_trial_info(run_dir, trial_id, config)
-    from ltray.config import save_config
 
-    save_config(cfg, run_dir / "config.yaml")
+    RunDir(run_dir).write_config(cfg)
     folder.push()
-    if (run_dir / "results.json").is_file():
+    if RunDir(run_dir).is_finished():
         # A restored trial whose training had already finished (the sweep was interrupted
         # while Tune recorded its end): hand its last result back instead of redoing it.
-        from ltray.train.rundir import read_metrics
 
-        tune.report(read_metrics(run_dir)[-1])
+        tune.report(RunDir(run_dir).read_metrics()[-1])
         return
     hook = _posthoc_scorer(meta, cfg)
     if cfg.scaling.num_workers <= 1:
         # [3] in this process: a one-worker trial does not pay the nested-Train start-up cost.
-        from ltray.train.context import SyncingContext, TuneContext
-        from ltray.train.loop import run_training
 
         ctx = TuneContext() if folder.sync is None else SyncingContext(TuneContext(), folder.sync)
         run_training(cfg, run_dir, ctx, epoch_hook=hook)
@@ -139,8 +141,6 @@ def train_trial(config: dict[str, Any]) -> None:
         return
 
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from ltray.train.driver import make_trainer
 
     # [3] on the workers of a nested Train run, named after the trial: a Tune-level retry of
     # this trial resumes its Train run from the last checkpoint. With a remote storage, rank 0
@@ -184,9 +184,6 @@ def posthoc_trial(config: dict[str, Any]) -> None:
     """[2] One Tune trial fitting a post-hoc method over a cached run (seconds, no training)."""
     from ray import tune
 
-    from ltray.fusion import run_method
-    from ltray.fusion.cache import read_cache
-
     meta = config["__ltray__"]
     method = config.get("method", meta["method"])
     settings = {
@@ -208,9 +205,8 @@ def posthoc_trial(config: dict[str, Any]) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics[f"chosen_{key}"] = float(value)
     metrics["epoch"] = 1
-    from ltray.train.rundir import append_metrics
 
-    append_metrics(run_dir, metrics)
+    RunDir(run_dir).append_metrics(metrics)
     folder.close()
     tune.report(metrics)
 

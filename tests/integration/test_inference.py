@@ -61,7 +61,7 @@ def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @contextmanager
 def mlflow_uri(uri: str) -> Iterator[None]:
-    from ltray.inference.model import _using_tracking_uri
+    from ltray.tracking.models import using_tracking_uri as _using_tracking_uri
 
     with _using_tracking_uri(uri):
         yield

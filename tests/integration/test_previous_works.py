@@ -22,9 +22,9 @@ from ltray.config import load_config, save_config
 from ltray.data import LTData
 from ltray.fusion.cache import read_cache
 from ltray.metrics import shot_groups
-from ltray.previous.lfme import train_lfme
 from ltray.train.context import LocalContext
 from ltray.train.loop import run_training
+from tests.lfme_runs import train_lfme
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
@@ -112,8 +112,7 @@ def test_oltr_one_epoch_on_cifar10_lt(shared_data: Path, thin_cifar: None, tmp_p
 
 
 def test_lfme_one_epoch_on_cifar10_lt(shared_data: Path, thin_cifar: None, tmp_path: Path) -> None:
-    cfg = load_config(None, _overrides(shared_data))
-    student = train_lfme(cfg, tmp_path / "lfme")
+    student = train_lfme(_overrides(shared_data), tmp_path / "lfme")
     for name in ("many", "medium", "few"):
-        assert (tmp_path / "lfme" / f"expert-{name}" / "results.json").is_file()
+        assert (student.parent / f"expert-{name}" / "results.json").is_file()
     _check(student)

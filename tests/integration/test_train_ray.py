@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ltray.fusion.cache import read_cache
-from ltray.train.rundir import read_metrics
+from ltray.train.rundir import RunDir
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ def test_train_cli_then_resume(tmp_path: Path) -> None:
     for head in ("linear", "NCM (EMA)", "NCM (full pass)", "KT head"):
         assert head in res.stdout
     assert "Many" in res.stdout and "Overall" in res.stdout
-    assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+    assert [m["epoch"] for m in _read_metrics(run)] == [1, 2]
     assert read_cache(run).test.logits.shape[1] == 10
 
     # The same --out again is refused: a run is never overwritten.
@@ -47,7 +47,7 @@ def test_train_cli_then_resume(tmp_path: Path) -> None:
     res = ltray("train", "--resume", str(run), "train.epochs=3")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from" in res.stdout + res.stderr
-    assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
+    assert [m["epoch"] for m in _read_metrics(run)] == [1, 2, 3]
     assert json.loads((run / "results.json").read_text())["heads"]["kt"]["test"]["overall"] > 0
 
 
@@ -80,13 +80,13 @@ def test_killed_worker_recovers_from_its_checkpoint(tmp_path: Path) -> None:
     while time.time() < deadline and proc.poll() is None:
         # Kill as soon as epoch 2 is recorded, whether or not Ray has registered its checkpoint
         # yet: the restarted group continues from the newest of Ray's checkpoint and last.pt.
-        if pid_file.is_file() and len(read_metrics(run)) >= 2:
+        if pid_file.is_file() and len(_read_metrics(run)) >= 2:
             killed_pid = int(pid_file.read_text())
             os.kill(killed_pid, signal.SIGKILL)
             break
         time.sleep(0.2)
     assert killed_pid is not None, "training never reached epoch 2"
-    epochs_before = [m["epoch"] for m in read_metrics(run)]
+    epochs_before = [m["epoch"] for m in _read_metrics(run)]
     assert len(epochs_before) < 20, "the kill arrived after training had finished"
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
@@ -97,7 +97,7 @@ def test_killed_worker_recovers_from_its_checkpoint(tmp_path: Path) -> None:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     recorded = [json.loads(x)["epoch"] for x in lines]
     assert recorded[: len(epochs_before)] == epochs_before  # nothing written earlier is lost
-    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 21))
+    assert [m["epoch"] for m in _read_metrics(run)] == list(range(1, 21))
     assert int(pid_file.read_text()) != killed_pid  # a new worker finished the run
     assert (run / "results.json").is_file()
 
@@ -115,14 +115,14 @@ def test_ctrl_c_keeps_every_epoch_written_and_the_run_resumes(tmp_path: Path) ->
         env=os.environ.copy(),
     )
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not read_metrics(run):
+    while time.time() < deadline and proc.poll() is None and not _read_metrics(run):
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before the first epoch was recorded"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted; results written so far are kept" in out, out[-3000:]
-    done = [m["epoch"] for m in read_metrics(run)]
+    done = [m["epoch"] for m in _read_metrics(run)]
     assert done and done == list(range(1, len(done) + 1)) and len(done) < 30
     from ltray.train.loop import load_state
 
@@ -134,7 +134,7 @@ def test_ctrl_c_keeps_every_epoch_written_and_the_run_resumes(tmp_path: Path) ->
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[: len(done)] == done  # nothing written before the interrupt is lost
-    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 31))
+    assert [m["epoch"] for m in _read_metrics(run)] == list(range(1, 31))
     assert (run / "results.json").is_file()
 
 
@@ -184,8 +184,12 @@ def test_oltr_and_lfme_train_with_two_ray_train_workers(tmp_path: Path) -> None:
         res = ltray("train", *quick, *args, *two, "--out", str(run))
         assert res.returncode == 0, f"{name}: {res.stderr[-3000:]}"
         assert (run / "workers" / "rank1.pid").is_file(), f"{name}: no second worker"
-        assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
+        assert [m["epoch"] for m in _read_metrics(run)] == [1, 2, 3]
         results = json.loads((run / "results.json").read_text())
         test = results["heads"]["linear"]["test"]
         assert 0.2 < test["overall"] <= 1.0, f"{name}: {test}"  # digits: far above chance
         assert read_cache(run).test.logits.shape[1] == 10
+
+
+def _read_metrics(run_dir) -> list[dict]:
+    return RunDir(run_dir).read_metrics()

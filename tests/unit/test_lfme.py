@@ -1,5 +1,5 @@
 """LFME: self-paced weights, curriculum selection and KD pinned by hand; the subset head; the
-experts + student pipeline end to end on digits-LT through ``train_lfme``."""
+experts + student pipeline end to end on digits-LT, as `ltray reproduce --methods lfme` plans it."""
 
 from __future__ import annotations
 
@@ -18,18 +18,18 @@ from ltray.models import NetOutput
 from ltray.previous.lfme import (
     ABSENT_LOGIT,
     Expert,
-    ExpertMethod,
-    StudentMethod,
+    Student,
     SubsetLinear,
     confidence_threshold,
     curriculum_fraction,
     kd_per_sample,
     self_paced_weight,
-    train_lfme,
 )
+from ltray.previous.methods import ExpertMethod, StudentMethod
 from ltray.train.loop import load_state
 from ltray.train.methods import StepContext
-from ltray.train.rundir import read_metrics
+from ltray.train.rundir import RunDir
+from tests.lfme_runs import train_lfme
 
 TINY = [
     "train.epochs=2",
@@ -107,7 +107,7 @@ def _ctx(cfg: Config, epoch: int) -> StepContext:
 
 def test_epoch_start_sets_the_self_paced_weight_from_val_accuracy() -> None:
     cfg = load_config(None, ["lfme.selection_alpha=0.5"])
-    method = StudentMethod()
+    method = Student()
     method.experts = [Expert(0, torch.tensor([0, 1]), _Stub(), 1.0, torch.ones(1))]
     x = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [5.0, 0, 0], [0, 0, 5.0]])
     # Among classes {0, 1}: predictions 0, 1, 0, 0 for labels 0, 1, 1, 0 → accuracy 3/4
@@ -122,7 +122,7 @@ def test_logged_expert_weights_follow_each_subsets_val_accuracy() -> None:
     many (classes 0, 1): A_S = 2/4, A_E = 0.8 → 1 − (0.5 − 0.48)/(0.4·0.8) = 0.9375;
     few (classes 2, 3): A_S = 3/4, A_E = 0.9 → 1 − (0.75 − 0.54)/(0.4·0.9) = 0.41667."""
     cfg = load_config(None, ["lfme.selection_alpha=0.6", "train.epochs=4"])
-    method = StudentMethod()
+    method = Student()
     method.experts = [
         Expert(0, torch.tensor([0, 1]), _Stub(), 0.8, torch.ones(1)),
         Expert(2, torch.tensor([2, 3]), _Stub(), 0.9, torch.ones(1)),
@@ -149,7 +149,7 @@ def test_logged_expert_weights_follow_each_subsets_val_accuracy() -> None:
 
 def test_curriculum_selects_the_instances_the_expert_finds_easy() -> None:
     cfg = load_config(None, ["lfme.curriculum_start=0.5", "lfme.temperature=1", "train.epochs=4"])
-    method = StudentMethod()
+    method = Student()
     train_conf = torch.tensor([0.9, 0.5, 0.2, 0.1])  # q = 0.5 at epoch 0 → τ = 0.5
     method.experts = [Expert(0, torch.tensor([0, 1]), _Stub(), 1.0, train_conf)]
     method._weights, method._epoch = [1.0], 0
@@ -204,11 +204,10 @@ def test_build_errors() -> None:
 
 @pytest.fixture(scope="module")
 def lfme_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config(None, TINY + ["memory.init_epoch=1"])
-    return train_lfme(cfg, tmp_path_factory.mktemp("lfme"))
+    return train_lfme(TINY + ["memory.init_epoch=1"], tmp_path_factory.mktemp("lfme"))
 
 
-def test_train_lfme_runs_experts_then_student(lfme_run: Path) -> None:
+def test_reproduce_trains_the_experts_then_the_student(lfme_run: Path) -> None:
     root = lfme_run.parent
     assert lfme_run == root / "student"
     for name in ("many", "medium", "few"):
@@ -217,7 +216,7 @@ def test_train_lfme_runs_experts_then_student(lfme_run: Path) -> None:
         # An expert's linear head scores only its subset: elsewhere the accuracy is 0.
         cache = read_cache(expert)
         assert cache.train.features.shape[0] < 544  # trained on its subset's images only
-    metrics = read_metrics(lfme_run)
+    metrics = _read_metrics(lfme_run)
     assert {"train_w_many", "train_w_medium", "train_w_few", "train_curriculum_q"} <= set(
         metrics[-1]
     )
@@ -262,3 +261,7 @@ def test_student_build_freezes_the_experts(lfme_run: Path) -> None:
         StudentMethod().build(
             other, num_classes=10, in_channels=1, small_input=True, data=_digits(other)
         )
+
+
+def _read_metrics(run_dir) -> list[dict]:
+    return RunDir(run_dir).read_metrics()

@@ -19,7 +19,7 @@ from ltray.models import (
     class_sums,
     normalize,
 )
-from ltray.train.methods import TrainForward
+from ltray.train.standard import TrainForward
 
 NUM_CLASSES = 7
 

@@ -17,7 +17,7 @@ from ltray.errors import ConfigError
 from ltray.fusion.cache import read_cache
 from ltray.train.context import LocalContext
 from ltray.train.loop import load_state, run_training
-from ltray.train.rundir import read_metrics
+from ltray.train.rundir import RunDir
 from ltray.train.schedule import lr_factor
 
 TINY = ["train.epochs=3", "data.batch_size=64", "train.threads=1", "memory.init_epoch=1"]
@@ -52,7 +52,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path) -> No
     run_training(cfg, full, LocalContext(), finalize=False)
     with pytest.raises(_Stop):
         run_training(cfg, part, StopAfter(2), finalize=False)
-    assert [m["epoch"] for m in read_metrics(part)] == [1, 2]
+    assert [m["epoch"] for m in _read_metrics(part)] == [1, 2]
     run_training(
         cfg, part, LocalContext(), resume_from=part / "checkpoints" / "last.pt", finalize=False
     )
@@ -63,7 +63,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path) -> No
     # The memory (a buffer) is part of the weights and was initialised at the end of epoch 1.
     assert bool(a["memory.initialized"])
     # Nothing written before the stop is lost: epochs 1-2 keep their records.
-    assert [m["epoch"] for m in read_metrics(part)] == [1, 2, 3]
+    assert [m["epoch"] for m in _read_metrics(part)] == [1, 2, 3]
 
 
 class RayLags(StopAfter):
@@ -383,3 +383,7 @@ def test_the_loop_refuses_a_combination_a_sweep_sampled(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="so they count twice"):
         run_training(cfg, tmp_path, LocalContext())
     assert not any(tmp_path.iterdir())
+
+
+def _read_metrics(run_dir) -> list[dict]:
+    return RunDir(run_dir).read_metrics()

@@ -10,7 +10,8 @@ import torch
 
 from ltray.config import load_config
 from ltray.models import Backbone, ClassMemory, LTNet, build_network
-from ltray.train.methods import StandardMethod, StepContext, _class_balance
+from ltray.train.methods import StandardMethod, StepContext
+from ltray.train.standard import class_balance as _class_balance
 
 COUNTS = torch.tensor([300.0, 60.0, 10.0])  # many / medium / few
 GROUPS = torch.tensor([0, 1, 2])

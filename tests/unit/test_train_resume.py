@@ -18,7 +18,7 @@ from ltray.config import load_config
 from ltray.errors import RunDirError
 from ltray.train.context import LocalContext
 from ltray.train.loop import load_state, run_training
-from ltray.train.rundir import read_metrics
+from ltray.train.rundir import RunDir
 
 QUICK = ["train.epochs=2", "data.batch_size=64", "train.threads=1", "scaling.num_workers=0"]
 
@@ -75,7 +75,7 @@ def test_more_epochs_continue_and_are_recorded(run2: Path, tmp_path: Path) -> No
     run = _copy(run2, tmp_path / "run")
     old_config = (run / "config.yaml").read_text()
     assert main(["train", "--resume", str(run), "train.epochs=3", "train.threads=1"]) == 0
-    assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
+    assert [m["epoch"] for m in _read_metrics(run)] == [1, 2, 3]
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 3
     assert (run / "config.before-resume-1.yaml").read_text() == old_config
     (record,) = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
@@ -128,3 +128,7 @@ def test_a_reproduction_run_resumes_with_its_own_config(tmp_path: Path) -> None:
     assert (run / "results.json").is_file()
     records = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
     assert records == [{**records[0], "changes": {}}] and records[0]["epochs_done"] == 2
+
+
+def _read_metrics(run_dir) -> list[dict]:
+    return RunDir(run_dir).read_metrics()

@@ -19,7 +19,7 @@ from ltray.metrics import evaluate_logits
 from ltray.train.context import LocalContext
 from ltray.train.evaluate import EpochArrays
 from ltray.train.loop import run_training
-from ltray.train.rundir import read_metrics
+from ltray.train.rundir import RunDir
 from ltray.tune.scoring import (
     PosthocScorer,
     cross_fit,
@@ -182,10 +182,14 @@ def test_a_trial_loop_reports_post_hoc_metrics_every_epoch(tmp_path: Path) -> No
     )
     scorer = PosthocScorer(methods=method_settings(["logit_adj", "crt"], 0), cuts=(2,), seed=0)
     run_training(cfg, tmp_path, LocalContext(), epoch_hook=scorer)
-    records = read_metrics(tmp_path)
+    records = _read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for r in records:
         assert 0 <= r["val_best_overall"] <= 1 and "val_posthoc_logit_adj_overall" in r
         assert r["hook_time_s"] >= 0
     assert "test_posthoc_crt_overall" in records[-1]
     assert list((tmp_path / "fusion").glob("fuse-*/results.json"))
+
+
+def _read_metrics(run_dir) -> list[dict]:
+    return RunDir(run_dir).read_metrics()

@@ -357,7 +357,7 @@ def lt_folder(root: Path) -> Path:
         ),
         (
             ["train.method=oltr", "oltr.stage1=/x", "data.sampler=sqrt"],
-            "data.sampler=sqrt would be ignored: train.method=oltr samples class-aware",
+            "data.sampler=sqrt would be ignored: train.method=oltr samples class_balanced",
         ),
     ],
 )
