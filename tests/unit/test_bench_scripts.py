@@ -28,6 +28,7 @@ def test_the_plain_resnet32_is_he_et_al_s() -> None:
     assert resnet32_features()(torch.zeros(2, 3, 32, 32)).shape == (2, 64)
 
 
+@pytest.mark.slow
 def test_plain_ddp_reports_one_rate_per_worker_with_ltray_unimportable() -> None:
     # The yardstick must not be built from the code it measures: it runs with ltray blocked.
     script = SCRIPTS / "plain_ddp.py"
@@ -48,6 +49,7 @@ def test_plain_ddp_reports_one_rate_per_worker_with_ltray_unimportable() -> None
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_helper_cpu_names_the_helpers_of_a_private_ray() -> None:
     out = subprocess.run(
         [sys.executable, str(SCRIPTS / "ray_helper_cpu.py"), "--seconds", "2", "--settle", "1"],

@@ -19,7 +19,7 @@ from ltray.data.listfiles import class_counts
 from ltray.data.longtail import group_sizes
 from ltray.metrics import shot_groups
 
-pytestmark = pytest.mark.data
+pytestmark = [pytest.mark.data, pytest.mark.slow]  # decodes the shared CIFAR-10 / MNIST copies
 
 CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 

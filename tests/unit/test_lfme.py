@@ -207,6 +207,7 @@ def lfme_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_lfme(TINY + ["memory.init_epoch=1"], tmp_path_factory.mktemp("lfme"))
 
 
+@pytest.mark.slow
 def test_reproduce_trains_the_experts_then_the_student(lfme_run: Path) -> None:
     root = lfme_run.parent
     assert lfme_run == root / "student"
@@ -228,6 +229,7 @@ def test_reproduce_trains_the_experts_then_the_student(lfme_run: Path) -> None:
     assert cache.val.logits.shape[1] == 10
 
 
+@pytest.mark.slow
 def test_student_build_freezes_the_experts(lfme_run: Path) -> None:
     root = lfme_run.parent
     experts = [str(root / f"expert-{n}") for n in ("many", "medium", "few")]

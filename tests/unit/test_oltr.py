@@ -191,6 +191,7 @@ def stage1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_build_errors_are_raised_before_training(stage1: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="oltr.stage1.*train.method=ce"):
         _build(load_config(None, ["train.method=oltr"]))
@@ -212,6 +213,7 @@ def test_build_errors_are_raised_before_training(stage1: Path, tmp_path: Path) -
     assert any("not defined with mixup" in p for p in config_problems(mixed))
 
 
+@pytest.mark.slow
 def test_build_loads_stage1_backbone_and_centroids_from_a_full_pass(stage1: Path) -> None:
     cfg = load_config(None, TINY + ["train.method=oltr", f"oltr.stage1={stage1}"])
     net = _build(cfg)
@@ -233,6 +235,7 @@ def test_build_loads_stage1_backbone_and_centroids_from_a_full_pass(stage1: Path
     torch.testing.assert_close(net.backbone.meta.centroids.detach(), expect, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_oltr_runs_end_to_end_on_digits(stage1: Path, tmp_path: Path) -> None:
     cfg = load_config(None, TINY + ["train.method=oltr", f"oltr.stage1={stage1}"])
     ctx = LocalContext()

@@ -20,6 +20,8 @@ from ltray.train.loop import load_state, run_training
 from ltray.train.rundir import RunDir
 from ltray.train.schedule import lr_factor
 
+pytestmark = pytest.mark.slow  # every test trains a few epochs of digits-LT
+
 TINY = ["train.epochs=3", "data.batch_size=64", "train.threads=1", "memory.init_epoch=1"]
 
 

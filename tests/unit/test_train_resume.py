@@ -20,6 +20,8 @@ from ltray.train.context import LocalContext
 from ltray.train.loop import load_state, run_training
 from ltray.train.rundir import RunDir
 
+pytestmark = pytest.mark.slow  # trains and resumes runs
+
 QUICK = ["train.epochs=2", "data.batch_size=64", "train.threads=1", "scaling.num_workers=0"]
 
 
