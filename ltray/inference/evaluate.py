@@ -21,7 +21,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,11 @@ def evaluate_run(
         )
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split {split}: use train, val or test")
+    # The network expects the normalisation it was trained with (the run's saved input spec),
+    # not the statistics of the data evaluated now (its own split may differ).
+    data.spec = replace(
+        data.spec, mean=run.input.mean, std=run.input.std, stats="the run's saved input spec"
+    )
     loader = make_loader(
         data,
         split,

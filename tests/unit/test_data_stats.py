@@ -179,6 +179,17 @@ def test_the_run_saves_its_statistics_and_predict_uses_them(
         np.testing.assert_allclose(saved["std"], std, rtol=1e-6)
     assert split["augment"]["pad"] == 1 and split["augment"]["flip"] is False
 
+    # `ltray evaluate` on a split whose own statistics differ (another train cut) still
+    # normalises by the run's: the same test split scores exactly as the run scored it.
+    from ltray.inference.evaluate import evaluate_run
+    from ltray.inference.load import load_run
+
+    results = json.loads((run_dir / "results.json").read_text())
+    ev = evaluate_run(load_run(run_dir), ["data.profile=exp", "data.imbalance_ratio=3"])
+    want = results["heads"]["linear"]["test"]
+    assert abs(ev.heads["linear"].ece - want["ece"]) < 1e-6
+    assert abs(ev.heads["linear"].overall - want["overall"]) < 1e-9
+
     data = prepare_data(cfg.data)
     images = data.pools["test"].images  # uint8 [N, 1, 8, 8]
     folder = tmp_path / "new"
