@@ -30,6 +30,7 @@ from pydantic import (
 from ltray.errors import ConfigError
 
 __all__ = [
+    "AugmentConfig",
     "DataConfig",
     "ModelConfig",
     "MemoryConfig",
@@ -68,6 +69,48 @@ def _absolute(path: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(path))
 
 
+class AugmentConfig(_Section):
+    """Train-time augmentation (docs/methods.md#augmentation). A key left unset takes the
+    data family's default, which scales with the image size; the resolved choices are printed
+    by `ltray data stats` and `ltray train` and saved in the run (``split.json``, the cache's
+    input spec)."""
+
+    pad: int | None = Field(
+        None,
+        ge=0,
+        description="random shift: zero padding in pixels of the decoded image, then a random "
+        "crop back to its size; 0 = off; default: round(image size / 8) for images kept in "
+        "memory (8 px: 1, 28 px: 4, 32 px: 4), 0 for large images (their random crop shifts)",
+    )
+    flip: bool | None = Field(
+        None,
+        description="random horizontal flip; default: off for gray images (a flipped digit or "
+        "letter is another class or none), on for colour images",
+    )
+    crop_scale: tuple[float, float] | None = Field(
+        None,
+        description="random resized crop: [min, max] fraction of the image area kept (aspect "
+        "ratio 3/4..4/3), resized back; [1, 1] = off; default: [0.08, 1] for large images, off "
+        "for images kept in memory",
+    )
+    color_jitter: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="brightness, contrast (and saturation for colour) factors drawn from "
+        "[1 - j, 1 + j]; 0 = off; default: 0.4 for large images, 0 for images kept in memory",
+    )
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(
+                "must be [min, max] with 0 < min <= max <= 1 (fractions of the image area)"
+            )
+        return v
+
+
 class DataConfig(_Section):
     """Which images, how they are made long-tailed, and how they are loaded."""
 
@@ -102,6 +145,14 @@ class DataConfig(_Section):
     )
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     image_size: int | None = Field(None, description="override the family's input size")
+    normalize: Literal["auto", "dataset", "family"] = Field(
+        "auto",
+        description="per-channel mean/std of the inputs: dataset = computed on the train split "
+        "(once, cached); family = published constants (MNIST's for gray, CIFAR's for small "
+        "colour, ImageNet's for large images); auto = dataset for imagefolder and listfile, "
+        "the source's published values for built-in datasets (digits, MNIST, CIFAR)",
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     download: bool = Field(False, description="allow torchvision to download (needs internet)")
 
     @field_validator("root", "train_list", "val_list", "test_list")
@@ -525,8 +576,20 @@ def plain_message(err: Any) -> str:
         return "must be a number"
     if kind.startswith("bool_"):
         return "must be true or false"
-    if kind in ("string_type", "list_type", "dict_type", "model_type", "model_attributes_type"):
-        want = {"string_type": "a string", "list_type": "a list"}.get(kind, "a mapping")
+    if kind in ("too_short", "too_long"):
+        want = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        return f"must hold {want} items"
+    if kind in (
+        "string_type",
+        "list_type",
+        "tuple_type",
+        "dict_type",
+        "model_type",
+        "model_attributes_type",
+    ):
+        want = {"string_type": "a string", "list_type": "a list", "tuple_type": "a list"}.get(
+            kind, "a mapping"
+        )
         return f"must be {want}"
     return msg
 
@@ -581,13 +644,19 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def known_keys() -> dict[str, Any]:
-    """Every dotted config key with its field info (used to validate search spaces)."""
+    """Every dotted config key with its field info, nested sections included
+    (``data.augment.pad``); used to validate search spaces."""
     out: dict[str, Any] = {}
-    for sec_name, sec_field in Config.model_fields.items():
-        section = sec_field.annotation
-        assert isinstance(section, type) and issubclass(section, BaseModel)
-        for name, field in section.model_fields.items():
-            out[f"{sec_name}.{name}"] = field
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            sub = field.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                walk(sub, f"{prefix}{name}.")
+            else:
+                out[f"{prefix}{name}"] = field
+
+    walk(Config, "")
     return out
 
 

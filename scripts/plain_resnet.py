@@ -1,7 +1,8 @@
 """He et al.'s CIFAR ResNet-32 in plain PyTorch, for the benchmark yardsticks in ``scripts/``.
 
 No ltray code: ``plain_ddp.py`` measures data parallelism with it, and ``bench_data.py`` /
-``bench_posthoc.py`` fall back to it where ``ltray.models`` cannot be imported. Three stages of
+``bench_posthoc.py`` fall back to it where ``ltray.models`` cannot be imported, and
+``plain_imagefolder.py`` trains it on an ImageFolder (1 or 3 input channels). Three stages of
 five basic blocks (16/32/64 channels) with option-A shortcuts (stride-2 subsampling, channels
 zero-padded), as in the paper, ltray's backbone and the reference loop.
 """
@@ -32,9 +33,13 @@ class Block(nn.Module):
         return F.relu(out + sc)
 
 
-def resnet32_features() -> nn.Module:
-    """Images [N, 3, 32, 32] → features [N, 64] (global average pool)."""
-    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+def resnet32_features(in_channels: int = 3) -> nn.Module:
+    """Images [N, in_channels, S, S] → features [N, 64] (global average pool)."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+    ]
     cin = 16
     for width, stride in ((16, 1), (32, 2), (64, 2)):
         for i in range(5):
@@ -43,6 +48,6 @@ def resnet32_features() -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-def resnet32(num_classes: int) -> nn.Module:
+def resnet32(num_classes: int, in_channels: int = 3) -> nn.Module:
     """Features and a linear classifier: images → logits [N, num_classes]."""
-    return nn.Sequential(resnet32_features(), nn.Linear(64, num_classes))
+    return nn.Sequential(resnet32_features(in_channels), nn.Linear(64, num_classes))

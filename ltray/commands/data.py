@@ -86,6 +86,7 @@ def _stats(dcfg: Any, plot: str | None, *, check_images: bool) -> int:
     from rich.table import Table
 
     from ltray.data import SPLITS, prepare_data
+    from ltray.data.transforms import augment_text, normalization_text
     from ltray.metrics import GROUP_NAMES
 
     data = prepare_data(dcfg, check_images=check_images)
@@ -133,6 +134,8 @@ def _stats(dcfg: Any, plot: str | None, *, check_images: bool) -> int:
     console.print(
         f"family: {data.family}, input {data.in_channels}x{data.image_size}x{data.image_size}"
     )
+    console.print(f"normalization: {normalization_text(data.spec)}", markup=False)
+    console.print(f"augment (train): {augment_text(data.spec)}", markup=False)
     if info["list_files"]:
         console.print(f"split list files: {Path(info['list_files']['train']).parent}")
     if plot:

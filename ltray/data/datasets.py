@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ltray.data.device import augment_nhwc, normalize_nhwc
+from ltray.data.device import normalize_nhwc, train_batch
 from ltray.data.listfiles import line_of
 from ltray.data.transforms import FamilySpec
 from ltray.errors import DataError
@@ -34,8 +34,8 @@ class TensorImageDataset(Dataset):
     Args:
         images: uint8 [N, C, H, W] (numpy array or tensor; kept as a numpy array).
         labels: [N] int64.
-        spec: the family's constants (pad, flip, mean, std).
-        augment: random shift (+ flip where the family allows it).
+        spec: the family's constants (pad, flip, crop scale, jitter, mean, std).
+        augment: the spec's train transform (:func:`~ltray.data.device.train_batch`).
         out_size: model input size S (bilinear resize when it differs from H).
 
     The augmentation of each batch is seeded from torch's global RNG.
@@ -72,8 +72,9 @@ class TensorImageDataset(Dataset):
             # Drawn from torch's global RNG, like torchvision's transforms: torch.manual_seed
             # makes the augmentation reproducible.
             gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-            x = augment_nhwc(x, self.spec, generator=gen)
-        x_t = normalize_nhwc(x, self.spec, out_size=self.out_size).contiguous()
+            x_t = train_batch(x, self.spec, generator=gen, out_size=self.out_size).contiguous()
+        else:
+            x_t = normalize_nhwc(x, self.spec, out_size=self.out_size).contiguous()
         return x_t, torch.from_numpy(self.labels[idx])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

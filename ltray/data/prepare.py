@@ -7,10 +7,13 @@ Order of operations (docs/methods.md#long-tailed-data):
 2. a single-pool source (digits) holds out a balanced test and val split per class first;
 3. unless the source is already long-tailed (list files), the train pool is cut to the profile
    with n_max = the smallest per-class count of the pool;
-4. val: the source's val split, else ``val_per_class`` images per class carved out of the
+4. normalisation: a user's ImageFolder or list files get the per-channel mean/std of their own
+   train split (computed once, cached; ``data.normalize``), built-in datasets their published
+   values; augmentation is ``data.augment`` over the family's size-scaled defaults;
+5. val: the source's val split, else ``val_per_class`` images per class carved out of the
    test split (``val_protocol=carve``), or val = the whole test split (``val_protocol=test``,
    the papers' protocol, flagged in ``split_info``);
-5. the split is written as list files under the cache (a reusable artifact).
+6. the split is written as list files under the cache (a reusable artifact).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from ltray.data.longtail import (
 )
 from ltray.data.pools import Pool, SourceData, cache_key
 from ltray.data.sources import SOURCES
-from ltray.data.transforms import FamilySpec, family_spec, imagenet_transform
+from ltray.data.stats import train_split_stats
+from ltray.data.transforms import FamilySpec, describe_augment, family_spec, imagenet_transform
 from ltray.errors import ConfigError, DataError
 from ltray.metrics import shot_groups
 from ltray.paths import data_cache_dir
@@ -289,6 +293,28 @@ def _write_splits(pools: dict[str, Pool], *, name: str) -> dict[str, str]:
     return out
 
 
+# Sources whose images are the user's own: no published statistics describe them.
+USER_SOURCES = ("imagefolder", "listfile")
+
+
+def _normalization(
+    cfg: DataConfig, src: SourceData, train: Pool, *, size: int, check_images: bool
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, str | None]:
+    """(mean, std, where they came from) per ``data.normalize``; (None, None, None) leaves the
+    family's published constants to :func:`family_spec`."""
+    own = cfg.normalize == "dataset" or (cfg.normalize == "auto" and src.name in USER_SOURCES)
+    if own:
+        if train.images is None and not check_images:
+            # List files counted without their images: nothing to compute the statistics on.
+            return None, None, "not computed (images not checked); the family's values shown"
+        mode = "L" if src.in_channels == 1 else "RGB"
+        st = train_split_stats(train, source=src.name, mode=mode, size=size, seed=cfg.seed)
+        return st.mean, st.std, st.note
+    if cfg.normalize == "auto" and src.mean is not None:
+        return src.mean, src.std, f"published ({src.name})"
+    return None, None, None
+
+
 def prepare_data(
     cfg: DataConfig, *, check_images: bool = True, write_splits: bool = True
 ) -> LTData:
@@ -374,14 +400,18 @@ def prepare_data(
     pools = {"train": train, "val": val, "test": test}
     _check_held_out(pools, cfg, src, carved=cfg.val_protocol == "carve" and src.val is None)
 
+    default_size = 224 if src.family == "imagenet" else src.native_size
+    image_size = cfg.image_size or default_size
+    mean, std, stats = _normalization(cfg, src, train, size=image_size, check_images=check_images)
     spec = family_spec(
         src.family,
         native_size=src.native_size,
         in_channels=src.in_channels,
-        mean=src.mean,
-        std=src.std,
+        mean=mean,
+        std=std,
+        stats=stats,
+        augment=cfg.augment,
     )
-    image_size = cfg.image_size or spec.image_size
     groups = shot_groups(counts, cfg.many_threshold, cfg.few_threshold)
     info.update(
         rho=float(counts.max() / counts.min()),
@@ -398,6 +428,8 @@ def prepare_data(
         group_sizes=group_sizes(groups),
         family=src.family,
         image_size=image_size,
+        normalization={"mean": list(spec.mean), "std": list(spec.std), "stats": spec.stats},
+        augment=describe_augment(spec),
         lists_given={
             k: v
             for k, v in (("train", cfg.train_list), ("val", cfg.val_list), ("test", cfg.test_list))

@@ -23,7 +23,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,11 @@ def evaluate_run(
     data, notes = match_classes(run, data)
     data, dropped, dropped_notes = drop_seen(run, data, split)
     notes += dropped_notes
+    # The network expects the normalisation it was trained with (the run's saved input spec),
+    # not the statistics of the data evaluated now (its own split may differ).
+    data.spec = replace(
+        data.spec, mean=run.input.mean, std=run.input.std, stats="the run's saved input spec"
+    )
     loader = make_loader(
         data,
         split,

@@ -297,6 +297,7 @@ def train(
 ) -> tuple[Path, dict[str, Any]]:
     """[1] Run one training job; returns (run directory, results)."""
     from ltray.data import prepare_data
+    from ltray.data.transforms import input_line
     from ltray.resources import check_fits, cluster_resources, local_resources, resolve_scaling
     from ltray.train.resume import check_resume
     from ltray.validate import check_config, ignored_settings
@@ -333,6 +334,7 @@ def train(
         data = prepare_data(cfg.data)
         for note in data.split_info.get("notes", []):
             print(f"[ltray] {note}", flush=True)
+        print(f"[ltray] input: {input_line(data)}", flush=True)
     fresh = False  # whether this call made the run directory
     if data is not None:
         fresh = out is None or not Path(out).expanduser().exists()

@@ -402,7 +402,10 @@ def pixel_examples(data: Any, n: int = 2) -> np.ndarray:
 
 
 def input_spec(data: Any) -> dict[str, Any]:
-    """How images enter the network: family, channels, size, normalisation."""
+    """How images enter the network: family, channels, size, normalisation (``mean``/``std``
+    of [0, 1] pixels, the dataset's own for a user's ImageFolder or list files; ``stats`` says
+    where they came from) and the train-time augmentation the run used. `ltray predict`,
+    ``ltray.load_run`` and the exported model read it from the cache's ``meta.json``."""
     spec = data.spec
     return {
         "family": data.family,
@@ -412,6 +415,9 @@ def input_spec(data: Any) -> dict[str, Any]:
         "native_size": int(spec.image_size),
         "pad": int(spec.pad),
         "flip": bool(spec.flip),
+        "crop_scale": list(spec.crop_scale) if spec.crop_scale else None,
+        "color_jitter": float(spec.color_jitter),
         "mean": [float(v) for v in spec.mean],
         "std": [float(v) for v in spec.std],
+        "stats": str(spec.stats),
     }

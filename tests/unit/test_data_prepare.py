@@ -220,7 +220,9 @@ def test_listfile_lazy_images(tmp_path: Path) -> None:
 
     (tmp_path / "train" / "y" / "0001.png").write_bytes(b"broken")
     (tmp_path / "train.txt").write_text("train/x/0000.png 0\n\ntrain/y/0001.png 1\n")
-    lazy = prepare_data(cfg)  # existence is checked up front, decoding per item
+    # Existence is checked up front, decoding per item (the published mean/std: the dataset's
+    # own would decode the train images up front, tests/unit/test_data_stats.py).
+    lazy = prepare_data(cfg.model_copy(update={"normalize": "family"}))
     with pytest.raises(DataError, match=r"train/y/0001.png \(.*train.txt:3\) cannot be read"):
         lazy.dataset("train", augment=False)[1]
     (tmp_path / "test.txt").write_text("test/x/0000.png 0\ntest/x/0009.png 0\n")
