@@ -160,10 +160,15 @@ class Storage:
 
     def read_text(self, *, missing_ok: bool = False) -> str | None:
         """The file's text; with ``missing_ok``, None when there is no such file."""
+        data = self.read_bytes_or_none() if missing_ok else self.read_bytes()
+        return None if data is None else data.decode()
+
+    def read_bytes_or_none(self) -> bytes | None:
+        """The file's bytes, or None when there is no such file."""
         try:
-            return self.read_bytes().decode()
+            return self.read_bytes()
         except (FileNotFoundError, OSError):
-            if missing_ok and not self.is_file():
+            if not self.is_file():
                 return None
             raise
 
@@ -327,12 +332,13 @@ def local_copy(folder: str | Path, rel: str, *, recursive: bool = False) -> Path
 
 
 def pull_files(root: Storage, local: Path, names: Iterable[str]) -> None:
-    """Fetch the named files of ``root`` into ``local`` where ``local`` has none."""
+    """Fetch the named files of ``root`` into ``local`` where ``local`` has none (as bytes:
+    ``optuna.db`` is an SQLite file)."""
     for name in names:
         if not (Path(local) / name).exists():
-            text = (root / name).read_text(missing_ok=True)
-            if text is not None:
-                (Path(local) / name).write_text(text)
+            data = (root / name).read_bytes_or_none()
+            if data is not None:
+                (Path(local) / name).write_bytes(data)
 
 
 def push_files(root: Storage, local: Path, names: Iterable[str]) -> None:

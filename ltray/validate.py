@@ -22,8 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ltray.config import Config
-from ltray.data.counts import train_counts
-from ltray.data.prepare import effective_profile
+from ltray.data.counts import effective_profile, train_counts
 from ltray.data.sources import SOURCES
 from ltray.errors import ConfigError
 from ltray.metrics import GROUP_NAMES, shot_groups

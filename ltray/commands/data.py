@@ -12,6 +12,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ltray.config import load_config
+from ltray.data import SOURCES, SPLITS, prepare_data, write_list_file
+from ltray.data.transforms import augment_text, normalization_text
+from ltray.errors import DataError
+from ltray.metrics import GROUP_NAMES
+
 __all__ = ["add_parser", "run"]
 
 
@@ -48,8 +54,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ltray.config import load_config
-    from ltray.data import SOURCES
 
     if args.data_command == "sources":
         for name in SOURCES.names():
@@ -63,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _split(dcfg: Any, out: Path, *, check_images: bool) -> int:
-    from ltray.data import SPLITS, prepare_data, write_list_file
-    from ltray.errors import DataError
 
     for split in SPLITS:  # refuse before any work
         if (out / f"{split}.txt").exists():
@@ -84,10 +86,6 @@ def _stats(dcfg: Any, plot: str | None, *, check_images: bool) -> int:
     import numpy as np
     from rich.console import Console
     from rich.table import Table
-
-    from ltray.data import SPLITS, prepare_data
-    from ltray.data.transforms import augment_text, normalization_text
-    from ltray.metrics import GROUP_NAMES
 
     data = prepare_data(dcfg, check_images=check_images)
     info = data.split_info

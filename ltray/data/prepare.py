@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ltray.config import DataConfig
+from ltray.data.counts import as_is_note, holdout_per_class, resolve_profile
 from ltray.data.listfiles import write_list_file
 from ltray.data.longtail import (
     carve_per_class,
@@ -49,9 +50,6 @@ __all__ = [
     "prepare_data",
     "SPLITS",
     "VAL_IS_TEST_NOTE",
-    "AS_IS_RHO",
-    "resolve_profile",
-    "effective_profile",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -139,56 +137,6 @@ class LTData:
             ),
             list_file=pool.list_file,
         )
-
-
-# A folder's train/ whose largest class holds at least this many times the images of its
-# smallest is taken as already long-tailed when no data.profile is asked for.
-AS_IS_RHO = 2.0
-
-
-def resolve_profile(cfg: DataConfig, source: str, pool_counts: np.ndarray) -> str:
-    """The profile a split uses: ``data.profile`` when set; else ``as_is`` for an ImageFolder
-    whose train/ is already imbalanced (the user's own long-tailed data), ``exp`` otherwise."""
-    if cfg.profile is not None:
-        return cfg.profile
-    counts = np.asarray(pool_counts)
-    imbalanced = len(counts) > 1 and counts.max() >= AS_IS_RHO * max(int(counts.min()), 1)
-    return "as_is" if source == "imagefolder" and imbalanced else "exp"
-
-
-def as_is_note(root: str | None, pool_counts: np.ndarray, rho: float | None = None) -> str:
-    """The one line that says an imbalanced folder is used as it is (``rho``: a
-    ``data.imbalance_ratio`` that was asked for, and is therefore not applied)."""
-    hi, lo = int(np.max(pool_counts)), int(np.min(pool_counts))
-    dropped = (
-        f"; data.imbalance_ratio={rho:g} is NOT applied (data.profile=exp cuts it to that ratio)"
-        if rho is not None
-        else " (data.profile=exp re-profiles it)"
-    )
-    return (
-        f"data.profile: {root}/train is already long-tailed ({hi} down to {lo} images per "
-        f"class, rho={hi / max(lo, 1):.0f}); used as it is, shot groups from its own "
-        f"counts{dropped}"
-    )
-
-
-def effective_profile(cfg: DataConfig) -> str:
-    """What ``data.profile`` resolves to for ``cfg`` without decoding an image (an ImageFolder's
-    train/ is counted): two configs with the same effective profile make the same split."""
-    if cfg.name == "listfile":
-        return "given by the list file"
-    if cfg.profile is not None or cfg.name != "imagefolder" or cfg.root is None:
-        return cfg.profile or "exp"
-    from ltray.data.counts import folder_counts
-
-    counts = folder_counts(cfg.root)
-    return "exp" if counts is None else resolve_profile(cfg, cfg.name, counts)
-
-
-def holdout_per_class(pool_counts: np.ndarray, val_per_class: int) -> int:
-    """Images per class a single-pool source holds out for test and again for val: at most
-    ``val_per_class`` and a quarter of the smallest class (the rest keeps >= half of it)."""
-    return int(min(val_per_class, np.min(pool_counts) // 4))
 
 
 def _holdout(src: SourceData, cfg: DataConfig, num_classes: int) -> tuple[Pool, Pool, Pool]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ltray.data.listfiles import line_of
 from ltray.data.pools import Pool, cache_key
+from ltray.data.transforms import imagenet_transform
 from ltray.errors import DataError
 from ltray.paths import data_cache_dir
 
@@ -103,8 +104,6 @@ def _file_images(pool: Pool, *, mode: str, size: int, seed: int) -> np.ndarray:
     """A seeded sample (≤ MAX_FILES) of a file-backed pool, decoded as the eval transform sees
     it: uint8 [n, C, size, size]."""
     from PIL import Image
-
-    from ltray.data.transforms import imagenet_transform
 
     assert pool.root is not None
     idx = np.arange(len(pool))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ltray.config import Config
 from ltray.data import LTData, make_loader
-from ltray.data.prepare import effective_profile
+from ltray.data.counts import effective_profile
 from ltray.errors import ConfigError, RunDirError
 from ltray.train.rundir import RunDir
 

@@ -21,10 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from ltray.config import Config
+from ltray.data import prepare_data
+from ltray.data.transforms import input_line
 from ltray.errors import RunDirError
 from ltray.paths import new_run_dir
+from ltray.resources import check_fits, cluster_resources, local_resources, resolve_scaling
+from ltray.storage import FolderSync, node_scratch
 from ltray.tracking import log_train_run
+from ltray.train.context import LocalContext, RayTrainContext, SyncingContext
+from ltray.train.priority import deprioritize_ray_helpers
+from ltray.train.resume import check_resume
 from ltray.train.rundir import RunDir
+from ltray.validate import check_config, ignored_settings
 
 __all__ = [
     "train",
@@ -89,16 +97,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.v2._internal.execution import context as train_context
 
-    from ltray.config import Config
-    from ltray.train.context import RayTrainContext
     from ltray.train.loop import run_training
 
     # Ray Train logs every report at INFO, under a logger named by its file path.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     cfg = Config.model_validate(config["config"])
     if config.get("own_cluster") and ray.train.get_context().get_local_rank() == 0:
-        from ltray.train.priority import deprioritize_ray_helpers
-
         deprioritize_ray_helpers()  # this run's Ray instance is ours: see ltray.train.priority
     resume = Path(config["resume_from"]) if config.get("resume_from") else None
     store = config.get("store")
@@ -111,8 +115,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # The run directory lives on a remote storage (a trial of `ltray tune --storage s3://…`):
     # every rank works in a scratch folder of its own node; rank 0 starts from what the run
     # left in the storage and uploads it at each report and at the end.
-    from ltray.storage import FolderSync, node_scratch
-    from ltray.train.context import SyncingContext
 
     ctx = RayTrainContext()
     run_dir = node_scratch(*config["scratch"], f"rank{ctx.rank}")
@@ -253,7 +255,7 @@ def make_trainer(
         # keeps torch out of the Train controller).
         from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer as trainer_cls
     if own_cluster:
-        from ltray.train.lean import lean_trainer_class
+        from ltray.train.lean import lean_trainer_class  # Ray's classes, subclassed at import
 
         trainer_cls = lean_trainer_class(trainer_cls)
     trainer_cls = interruptible_trainer_class(trainer_cls)
@@ -296,11 +298,6 @@ def train(
     address: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """[1] Run one training job; returns (run directory, results)."""
-    from ltray.data import prepare_data
-    from ltray.data.transforms import input_line
-    from ltray.resources import check_fits, cluster_resources, local_resources, resolve_scaling
-    from ltray.train.resume import check_resume
-    from ltray.validate import check_config, ignored_settings
 
     resume_from = None
     if resume is not None:
@@ -364,7 +361,6 @@ def _run(cfg: Config, run_dir: Path, *, resume_from: Path | None, address: str |
     ray_dir = run_dir / RunDir.RAY
     attempt = len(list(ray_dir.glob("train-*"))) if ray_dir.is_dir() else 0
     if cfg.scaling.num_workers == 0:
-        from ltray.train.context import LocalContext
         from ltray.train.loop import run_training
 
         run_training(cfg, run_dir, LocalContext(), resume_from=resume_from)

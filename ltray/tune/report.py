@@ -155,6 +155,23 @@ def report_tables(
                     _pct(r["few"]),
                     _pct(r["overall"]),
                 )
+            # A two-level trial's deployable post-hoc fits (its last report).
+            last = t["last"]
+            for m in sorted(
+                {
+                    k.split("_", 2)[2].rsplit("_", 1)[0]
+                    for k in last
+                    if k.startswith("test_posthoc_") and k.endswith("_overall")
+                }
+            ):
+                test.add_row(
+                    t["trial_id"],
+                    f"post-hoc {m}",
+                    *[
+                        _pct(last.get(f"test_posthoc_{m}_{g}"))
+                        for g in ("many", "medium", "few", "overall")
+                    ],
+                )
         elif "test_fused_overall" in t["last"]:
             r = t["last"]
             test.add_row(

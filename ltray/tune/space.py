@@ -266,19 +266,24 @@ def resolve_space(name_or_path: str | Path) -> Path:
     """A space file from a path, or a shipped space's name (``kt`` or ``kt.yaml``).
 
     An existing file wins; a bare name that is not a file (no folder in it) names a shipped
-    space; anything else is a missing file, reported with the shipped names.
+    space, and so does ``search_spaces/NAME.yaml`` — the repository's link to the shipped folder,
+    which a copy of the repository may lack (an archive or a file copy that drops symbolic links,
+    as a Ray job's working_dir can be); anything else is a missing file, reported with the
+    shipped names.
     """
     text = str(name_or_path)
     candidate = Path(text).expanduser()
     if candidate.is_file():
         return candidate
-    if "/" not in text and "\\" not in text:
+    bare = "/" not in text and "\\" not in text
+    if bare or candidate.parent.name == "search_spaces":
+        text = candidate.name if not bare else text
         stem = text[: -len(".yaml")] if text.endswith(".yaml") else text
         shipped = _shipped_folder() / f"{stem}.yaml"
         if shipped.is_file():
             return shipped
     raise SpaceError(
-        f"--space {text}: no such file and no shipped space of that name; shipped spaces: "
+        f"--space {name_or_path}: no such file and no shipped space of that name; shipped spaces: "
         f"{', '.join(space_names())} (`ltray tune --list`), or pass the path of a YAML file"
     )
 

@@ -57,6 +57,7 @@ def _thin(data: LTData, *, train_div: int = 20, test_per_class: int = 30) -> LTD
 @pytest.fixture
 def thin_cifar(monkeypatch: pytest.MonkeyPatch) -> None:
     import ltray.data
+    import ltray.reproduce.driver
     import ltray.train.loop
 
     original = ltray.data.prepare_data
@@ -66,6 +67,7 @@ def thin_cifar(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(ltray.data, "prepare_data", prepare)
     monkeypatch.setattr(ltray.train.loop, "prepare_data", prepare)
+    monkeypatch.setattr(ltray.reproduce.driver, "prepare_data", prepare)  # the plan's groups
 
 
 def _overrides(shared_data: Path) -> list[str]:

@@ -113,8 +113,10 @@ def test_kuberay_rayjob_manifest() -> None:
 
 
 @pytest.mark.parametrize("name", ["ray-cluster.yaml", "rayjob-gpu-sweep.yaml"])
-def test_cluster_files_are_described_in_the_readme(name: str) -> None:
-    assert f"cluster/{name}" in (REPO / "README.md").read_text()
+def test_cluster_files_are_described_in_the_user_docs(name: str) -> None:
+    """The README links docs/usage.md, whose cluster section describes each launch file."""
+    assert "docs/usage.md" in (REPO / "README.md").read_text()
+    assert f"cluster/{name}" in (REPO / "docs" / "usage.md").read_text()
 
 
 def test_runtime_env_file_is_valid_and_its_pins_satisfy_pyproject() -> None:

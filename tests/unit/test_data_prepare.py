@@ -276,7 +276,7 @@ def test_a_balanced_folder_still_gets_the_default_exp_profile(tmp_path: Path) ->
 
 
 def test_an_unset_profile_and_its_resolution_are_the_same_split(tmp_path: Path) -> None:
-    from ltray.data.prepare import effective_profile
+    from ltray.data.counts import effective_profile
 
     _tree(tmp_path, MY_LT)
     assert effective_profile(DataConfig(name="imagefolder", root=str(tmp_path))) == "as_is"

@@ -85,8 +85,11 @@ def test_a_remote_sweep_is_mirrored_for_the_driver(tmp_path: Path) -> None:
     trial = local_copy(mirror, "trials/t1")
     assert (trial / "results.json").is_file() and not (trial / "checkpoints").exists()
     assert (local_copy(mirror, "trials/t1", recursive=True) / "checkpoints" / "best.pt").is_file()
-    pull_files(root, mirror, ["mlflow_runs.json", "mlflow_spool.jsonl"])
+    sqlite = b"SQLite format 3\x00\xfb\xff"  # optuna.db is binary: not UTF-8 text
+    (root / "optuna.db").write_bytes(sqlite)
+    pull_files(root, mirror, ["mlflow_runs.json", "mlflow_spool.jsonl", "optuna.db"])
     assert json.loads((mirror / "mlflow_runs.json").read_text()) == {"t1": "r1"}
+    assert (mirror / "optuna.db").read_bytes() == sqlite
     assert not (mirror / "mlflow_spool.jsonl").exists()
     (mirror / "mlflow_runs.json").unlink()
     push_files(root, mirror, ["mlflow_runs.json"])

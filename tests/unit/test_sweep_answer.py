@@ -128,6 +128,11 @@ def test_a_shipped_space_resolves_by_name_from_any_folder(tmp_path: Path) -> Non
     assert load_space("kt").name == "kt"
     with pytest.raises(SpaceError, match="shipped spaces: .*kt"):
         resolve_space("nope")
+    # The documented search_spaces/kt.yaml works where the repository's link is missing (a Ray
+    # job's working_dir copied without symbolic links); any other missing folder stays an error.
+    assert resolve_space(tmp_path / "search_spaces" / "kt.yaml") == resolve_space("kt")
+    with pytest.raises(SpaceError, match="myspaces/kt.yaml: no such file"):
+        resolve_space(tmp_path / "myspaces" / "kt.yaml")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run(
         [sys.executable, "-m", "ltray.cli", "tune", "--space", "kt.yaml", "--dry-run"],
@@ -176,3 +181,31 @@ def test_a_wheel_carries_the_shipped_spaces(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"ltray/spaces/{n}.yaml" for n in space_names()} <= names
     assert "ltray/presets/cifar10-lt.yaml" in names
+
+
+def test_crossfit_gap_script_reads_a_sweeps_last_reports(tmp_path: Path) -> None:
+    last = {
+        "epoch": 2,
+        "val_posthoc_llw_insample_overall": 0.80,
+        "val_posthoc_llw_overall": 0.78,
+        "test_posthoc_llw_overall": 0.77,
+    }
+    for i, shift in enumerate((0.0, 0.02)):
+        rec = {k: v + shift if k != "epoch" else v for k, v in last.items()}
+        _trial(tmp_path, f"t{i}", {}, {1: 0.5}, **{})
+        path = tmp_path / "trials" / f"t{i}" / "metrics.jsonl"
+        path.write_text(path.read_text() + json.dumps(rec) + "\n")
+    out = tmp_path / "gap.json"
+    script = REPO / "scripts" / "crossfit_gap.py"
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert res.returncode == 0, res.stderr
+    gap = json.loads(out.read_text())["llw"]
+    assert gap["trials"] == 2
+    assert gap["insample_minus_test"] == pytest.approx(3.0)
+    assert gap["crossfit_minus_test"] == pytest.approx(1.0)

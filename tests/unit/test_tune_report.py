@@ -125,3 +125,24 @@ def test_sweeps_without_saved_cuts_read_them_from_their_space_file(tmp_path: Pat
     assert _sweep_rungs({**state, "space_file": str(tmp_path / "gone.yaml")}) == []
     empty = _sweep(tmp_path / "empty", {})
     assert curves_plot(empty, tmp_path / "c.png") is None
+
+
+def test_a_two_level_trials_post_hoc_fits_are_rows_of_the_test_table(tmp_path: Path) -> None:
+    """The deployable model of a two-level trial is a post-hoc fit: its test row is shown."""
+    root = _sweep(tmp_path / "sw", {"a": ({"kt.phi": 0.5}, [0.3, 0.6])})
+    d = root / "trials" / "a"
+    last = {"epoch": 2, "val_kt_overall": 0.6}
+    groups = ("many", "medium", "few", "overall")
+    last |= {f"test_posthoc_crt_{g}": v for g, v in zip(groups, (0.9, 0.7, 0.5, 0.71), strict=True)}
+    (d / "metrics.jsonl").write_text((d / "metrics.jsonl").read_text() + json.dumps(last) + "\n")
+    heads = {"kt": {"test": {"many": 0.8, "medium": 0.6, "few": 0.4, "overall": 0.6}}}
+    (d / "results.json").write_text(json.dumps({"heads": heads}))
+    tables, _ = report_tables(root)
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    for t in tables:
+        console.print(t)
+    text = console.export_text()
+    row = next(line for line in text.splitlines() if "post-hoc crt" in line)
+    assert "90.0" in row and "71.0" in row
