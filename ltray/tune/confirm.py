@@ -150,6 +150,28 @@ def _runs_of(folder: Storage, plan: dict[str, Any]) -> dict[tuple[str, int], str
     return out
 
 
+def _params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def shared_runs(root: Storage, sub: str) -> dict[tuple[str, int], tuple[str, str]]:
+    """Finished runs of the sweep's *other* confirmations: (configuration, seed) → (their
+    sub-folder, trial id). A configuration trained with a seed is the same run whichever metric
+    ranked it, so ``ltray confirm --metric`` reuses these instead of training them again."""
+    out: dict[tuple[str, int], tuple[str, str]] = {}
+    for other in root.children():
+        if other.name == sub or not other.name.startswith(CONFIRM):
+            continue
+        for trial_dir in (other / "trials").children():
+            info = (trial_dir / "trial.json").read_json(missing_ok=True)
+            if info is None or not (trial_dir / RunDir.RESULTS).is_file():
+                continue
+            params = dict(info["params"])
+            seed = int(params.pop("train.seed"))
+            out.setdefault((_params_key(params), seed), (other.name, info["trial_id"]))
+    return out
+
+
 def confirm_table(root: Storage, sub: str = CONFIRM) -> dict[str, Any] | None:
     """The confirmation's table from its runs (``<sweep>/<sub>/``): per configuration the
     val and test values per seed of the metric it ranked by, their mean ± std, and the winner
@@ -160,14 +182,19 @@ def confirm_table(root: Storage, sub: str = CONFIRM) -> dict[str, Any] | None:
         return None
     metric, mode = plan["metric"], plan["mode"]
     runs = _runs_of(folder, plan)
+    shared = shared_runs(root, sub)
     rows = []
     for cand in plan["candidates"]:
         per_seed = {}
         for seed in plan["seeds"]:
-            trial_id = runs.get((cand["trial_id"], seed))
-            scores = None if trial_id is None else run_scores(folder / "trials" / trial_id, metric)
+            where, trial_id = sub, runs.get((cand["trial_id"], seed))
+            if trial_id is None:
+                where, trial_id = shared.get((_params_key(cand["params"]), int(seed)), (sub, None))
+            scores = None
+            if trial_id is not None:
+                scores = run_scores(root / where / "trials" / trial_id, metric)
             if scores is not None:
-                per_seed[int(seed)] = {**scores, "trial_id": trial_id}
+                per_seed[int(seed)] = {**scores, "trial_id": trial_id, "folder": where}
         vals = [s["val"] for s in per_seed.values() if s["val"] is not None]
         tests = [s["test"] for s in per_seed.values() if s["test"] is not None]
         val_mean, val_std = _mean_std(vals)
@@ -195,8 +222,10 @@ def confirm_table(root: Storage, sub: str = CONFIRM) -> dict[str, Any] | None:
             key=lambda r: (sign * r["val_mean"], -(r["val_std"] if r["val_std"] else math.inf)),
         )
         winner = best["trial_id"]
-        runs = [(s["val"], s["trial_id"]) for s in best["seeds"].values() if s["val"] is not None]
-        best["model_trial"] = max(runs, key=lambda x: sign * x[0])[1] if runs else None
+        runs = [(s["val"], s) for s in best["seeds"].values() if s["val"] is not None]
+        model = max(runs, key=lambda x: sign * x[0])[1] if runs else None
+        best["model_trial"] = model["trial_id"] if model else None
+        best["model_folder"] = model["folder"] if model else None
     rows.sort(key=lambda r: (r["val_mean"] is None, -sign * (r["val_mean"] or 0.0)))
     return {
         "folder": sub,
@@ -363,23 +392,40 @@ def run_confirm(
             experiment, fn, resume_unfinished=True, resume_errored=True, **fs
         )
     else:
-        cands = [{**c["params"], "__of__": c["trial_id"]} for c in plan["candidates"]]
-        grid = {"cand": tune.grid_search(cands), "train.seed": tune.grid_search(plan["seeds"])}
-        tuner = tune.Tuner(
-            fn,
-            param_space=grid,
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=f"{state['name']}-{sub}",
-                storage_path=tune_path,
-                callbacks=callbacks,
-                failure_config=tune.FailureConfig(max_failures=1),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1,
-                **fs,
-            ),
+        shared = shared_runs(root, sub)
+        todo = [
+            {**c["params"], "__of__": c["trial_id"], "train.seed": seed}
+            for c in plan["candidates"]
+            for seed in plan["seeds"]
+            if (_params_key(c["params"]), int(seed)) not in shared
+        ]
+        reused = len(plan["candidates"]) * len(plan["seeds"]) - len(todo)
+        if reused:
+            print(
+                f"[ltray] confirm: {reused} runs reused from the sweep's other confirmations "
+                "(the same configuration and seed)"
+            )
+        grid = {"cand": tune.grid_search(todo)}
+        tuner = (
+            None
+            if not todo
+            else tune.Tuner(
+                fn,
+                param_space=grid,
+                tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=f"{state['name']}-{sub}",
+                    storage_path=tune_path,
+                    callbacks=callbacks,
+                    failure_config=tune.FailureConfig(max_failures=1),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    verbose=1,
+                    **fs,
+                ),
+            )
         )
-    tuner.fit()
+    if tuner is not None:
+        tuner.fit()
     table = confirm_table(root, sub)
     assert table is not None
     (local_folder / "confirm.json").write_text(json.dumps(table, indent=1, default=str))
@@ -427,7 +473,8 @@ def _log_group(
     client.set_tag(state["mlflow_parent"], f"ltray.{table['folder']}_winner", winner["trial_id"])
     model_trial = winner.get("model_trial")
     if model_trial:
-        best = {"trial_id": model_trial, "dir": str(local_folder / "trials" / model_trial)}
+        where = local_folder.parent / (winner.get("model_folder") or table["folder"])
+        best = {"trial_id": model_trial, "dir": str(where / "trials" / model_trial)}
         log_best_model(client, local_folder, group, best, register=register)
     client.log_artifact(group, str(local_folder / "confirm.json"))
     client.set_terminated(group)

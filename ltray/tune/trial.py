@@ -213,10 +213,12 @@ def posthoc_trial(config: dict[str, Any]) -> None:
 
 def confirm_trial(config: dict[str, Any]) -> None:
     """[2] A confirmation run (:mod:`ltray.tune.confirm`): one configuration (``config["cand"]``,
-    the values a search trial sampled) with one training seed (``train.seed``), trained as a
+    the values a search trial sampled, and its training seed ``train.seed``), trained as a
     search trial is."""
     cand = {k: v for k, v in config["cand"].items() if not k.startswith("__")}
-    train_trial({**cand, "train.seed": config["train.seed"], "__ltray__": config["__ltray__"]})
+    if "train.seed" in config:  # a confirmation planned before the seed moved into ``cand``
+        cand["train.seed"] = config["train.seed"]
+    train_trial({**cand, "__ltray__": config["__ltray__"]})
 
 
 _TRIALS = {"train": train_trial, "posthoc": posthoc_trial, "confirm": confirm_trial}

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "ltray.errors",
             "ltray.registry",
             "ltray.config",
+            "ltray.config_sections",
             "ltray.paths",
             "ltray.storage",
             "ltray.resources",

@@ -14,7 +14,7 @@ import pytest
 from ltray.errors import SpaceError
 from ltray.storage import Storage
 from ltray.tune.analysis import grace_advice, importances, rung_correlations
-from ltray.tune.confirm import candidates, confirm_seeds, confirm_table
+from ltray.tune.confirm import candidates, confirm_seeds, confirm_table, shared_runs
 from ltray.tune.space import load_space, resolve_space, space_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,6 +79,39 @@ def test_the_winner_is_the_best_mean_and_ties_go_to_the_lower_std(tmp_path: Path
     assert row["y"]["test_mean"] == pytest.approx(0.55)
     assert row["y"]["model_trial"] in {r["trial_id"] for r in row["y"]["seeds"].values()}
     assert [r["trial_id"] for r in table["rows"]][-1] == "z"
+
+
+def test_a_confirmation_by_another_metric_reuses_the_runs_it_shares(tmp_path: Path) -> None:
+    """`ltray confirm --metric` scores a configuration+seed another confirmation already trained
+    from that run: only the new (configuration, seed) pairs are trained."""
+    seeds = [1, 2]
+    first = {"kt.phi": 0.1}
+    for sub, cands in (("confirm", [first]), ("confirm-val_kt_overall", [first, {"kt.phi": 0.9}])):
+        plan = {
+            "metric": "val_kt_overall",
+            "mode": "max",
+            "top": len(cands),
+            "seeds": seeds,
+            "candidates": [
+                {"trial_id": f"c{i}", "params": p, "rank": i + 1, "search_value": 0.5}
+                for i, p in enumerate(cands)
+            ],
+        }
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "plan.json").write_text(json.dumps(plan))
+    for seed, v in zip(seeds, (0.6, 0.7), strict=True):  # the first confirmation's runs
+        d = _trial(tmp_path / "confirm", f"a{seed}", {**first, "train.seed": seed}, {1: v})
+        _results(d, v, v - 0.1)
+    unfinished = _trial(tmp_path / "confirm", "a9", {**first, "train.seed": 9}, {1: 0.1})
+    assert not (unfinished / "results.json").exists()
+    shared = shared_runs(Storage.at(tmp_path), "confirm-val_kt_overall")
+    assert set(shared) == {(json.dumps(first), 1), (json.dumps(first), 2)}  # finished only
+    table = confirm_table(Storage.at(tmp_path), "confirm-val_kt_overall")
+    row = {r["trial_id"]: r for r in table["rows"]}
+    assert row["c0"]["n"] == 2 and row["c0"]["val_mean"] == pytest.approx(0.65)
+    assert {s["folder"] for s in row["c0"]["seeds"].values()} == {"confirm"}
+    assert row["c1"]["n"] == 0 and not table["complete"]  # still to train
+    assert table["winner"] == "c0" and row["c0"]["model_folder"] == "confirm"
 
 
 def test_rung_correlations_and_the_grace_that_keeps_the_best() -> None:
