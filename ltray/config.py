@@ -56,6 +56,9 @@ __all__ = [
     "LFMEConfig",
     "Config",
     "load_config",
+    "RETIRED_KEYS",
+    "saved_config",
+    "drop_retired",
     "apply_overrides",
     "set_dotted",
     "parse_override",
@@ -243,6 +246,32 @@ def _section_for(loc: tuple[str, ...]) -> type[BaseModel] | None:
             return None
         model = field.annotation
     return model
+
+
+# Keys earlier versions wrote into the configs they saved (a run's config.yaml, a sweep's
+# sweep.json) and this one no longer has. A saved config is read without them; a config a user
+# writes today is still refused for them (unknown key).
+RETIRED_KEYS = {
+    "train.checkpoint_every": "never read: every epoch's checkpoint was always written",
+}
+
+
+def drop_retired(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a saved config's mapping without :data:`RETIRED_KEYS`."""
+    out = copy.deepcopy(data)
+    for key in RETIRED_KEYS:
+        *parents, leaf = key.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def saved_config(data: dict[str, Any]) -> Config:
+    """A config ltray saved (maybe by an earlier version), validated without its retired keys."""
+    return Config.model_validate(drop_retired(data))
 
 
 def build_config(

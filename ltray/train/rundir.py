@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ltray.config import Config, build_config, config_hash, read_yaml, save_config
+from ltray.config import Config, build_config, config_hash, drop_retired, read_yaml, save_config
 from ltray.errors import RunDirError
 from ltray.fusion.cache import FeatureCache, SplitArrays, read_cache, write_meta, write_split
 from ltray.fusion.report import FUSE_RESULTS, FUSION_DIR
@@ -103,7 +103,10 @@ class RunDir:
             )
         raw, lines = read_yaml(self.config_path)
         return build_config(
-            raw, source=str(self.config_path), lines=lines, overrides=list(overrides or [])
+            drop_retired(raw),
+            source=str(self.config_path),
+            lines=lines,
+            overrides=list(overrides or []),
         )
 
     def write_config(self, cfg: Config) -> Path:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ltray.config import Config
+from ltray.config import saved_config
 from ltray.errors import ConfigError
 from ltray.launch import start_ray, unit_resources
 from ltray.metrics import format_mean_std, mean_std
@@ -342,7 +342,7 @@ def run_confirm(
     local_folder = driver_folder(folder) if root.remote else local / sub
     local_folder.mkdir(parents=True, exist_ok=True)
     start_ray(address, dashboard=int(state["base"]["scaling"]["num_workers"]) > 1)
-    base = Config.model_validate(state["base"])
+    base = saved_config(state["base"])
     have = cluster_resources() if address else local_resources()
     base = resolve_scaling(base, have)
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ltray.config import Config, set_dotted
+from ltray.config import Config, saved_config, set_dotted
 from ltray.fusion.cache import read_cache
 from ltray.fusion.methods import run_method
 from ltray.storage import FolderSync, Storage, node_scratch
@@ -45,7 +45,7 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
     raw = copy.deepcopy(base)
     for key, value in params.items():
         set_dotted(raw, key, value)
-    return Config.model_validate(raw)
+    return saved_config(raw)  # a sweep saved by an earlier version may hold retired keys
 
 
 def searched(config: dict[str, Any]) -> dict[str, Any]:

@@ -429,3 +429,23 @@ def test_a_posthoc_sweep_from_a_run_checks_the_runs_own_groups(tmp_path: Path) -
 def test_an_lfme_expert_of_an_empty_group_is_refused() -> None:
     (found,) = problems("train.method=lfme_expert", "lfme.subset=few", "data.imbalance_ratio=2")
     assert found.startswith("lfme.subset=few: digits-lt at rho=2 has no few-shot class")
+
+
+def test_configs_saved_by_an_earlier_version_load_without_their_retired_keys(
+    tmp_path: Path,
+) -> None:
+    """A run folder or a sweep saved before train.checkpoint_every was removed still opens
+    (`ltray confirm` on an older sweep, `ltray evaluate` on an older run); a config a user writes
+    today is refused for the key."""
+    import yaml
+
+    from ltray.config import saved_config
+    from ltray.train.rundir import RunDir
+
+    raw = load_config().model_dump(mode="json")
+    raw["train"]["checkpoint_every"] = 1
+    assert saved_config(raw).train.epochs == raw["train"]["epochs"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert RunDir(tmp_path).read_config().train.lr == raw["train"]["lr"]
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        load_config(tmp_path / "config.yaml")
