@@ -59,15 +59,22 @@ def thin_cifar(monkeypatch: pytest.MonkeyPatch) -> None:
     import ltray.data
     import ltray.reproduce.driver
     import ltray.train.loop
+    import ltray.validate
 
     original = ltray.data.prepare_data
+    counted = ltray.validate.train_counts
 
     def prepare(*args: Any, **kwargs: Any) -> LTData:
         return _thin(original(*args, **kwargs))
 
+    def counts(cfg: Any) -> Any:  # the validation pass counts the thinned split too
+        n = counted(cfg)
+        return None if n is None else -(-n // 20)
+
     monkeypatch.setattr(ltray.data, "prepare_data", prepare)
     monkeypatch.setattr(ltray.train.loop, "prepare_data", prepare)
     monkeypatch.setattr(ltray.reproduce.driver, "prepare_data", prepare)  # the plan's groups
+    monkeypatch.setattr(ltray.validate, "train_counts", counts)
 
 
 def _overrides(shared_data: Path) -> list[str]:
