@@ -206,11 +206,12 @@ def ignored_problems(cfg: Config) -> list[str]:
     :func:`ignored_settings`.)"""
     out = []
     m, d = cfg.train.method, cfg.data
-    if has_kt_head(cfg) and cfg.kt.class_balance and d.sampler == "class_balanced":
+    if has_kt_head(cfg) and cfg.kt.class_balance is True and d.sampler == "class_balanced":
         out.append(
             "kt.class_balance=true with data.sampler=class_balanced: the sampler already shows "
             "every class equally often and the KT loss would weight tail classes again by "
-            "N/(C*n_y), so they count twice; set kt.class_balance=false or data.sampler=instance"
+            "N/(C*n_y), so they count twice; set kt.class_balance=auto (off under this "
+            "sampler) or data.sampler=instance"
         )
     rho_set = d.imbalance_ratio != type(d).model_fields["imbalance_ratio"].default
     if rho_set and (why := _ratio_unused(cfg)):
@@ -254,7 +255,7 @@ def ignored_settings(cfg: Config) -> list[str]:
         out.append(f"{', '.join(f'memory.{k}' for k in set_mem)} not used: the run keeps no memory")
     if not cfg.train.compile and (backend := _non_default(cfg.train, ("compile_backend",))):
         out.append(f"train.{backend[0]} not used: train.compile=false")
-    if has_kt_head(cfg) and cfg.kt.class_balance and cfg.data.sampler == "sqrt":
+    if has_kt_head(cfg) and cfg.kt.class_balance is True and cfg.data.sampler == "sqrt":
         out.append(
             "kt.class_balance=true with data.sampler=sqrt: the weights N/(C*n_y) assume "
             "instance sampling; under sqrt sampling they favour tail classes over head ones"

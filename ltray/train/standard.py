@@ -75,7 +75,7 @@ def standard_loss(
             z_d = memory.logits(out.features.detach().float())
             teacher = d_scale(out.logits.detach().float(), z_d)
             tallies = teacher_tallies(teacher, y, sc.groups)
-        weight = class_balance(sc.class_counts) if cfg.kt.class_balance else None
+        weight = class_balance(sc.class_counts) if cfg.kt_class_balance else None
 
         def kt_loss(t: torch.Tensor) -> torch.Tensor:
             per = kt_branch_loss(

@@ -68,7 +68,8 @@ def _kt_net(*, with_memory: bool = True) -> LTNet:
 
 
 def _run_step(net: LTNet, overrides: list[str]):
-    cfg = load_config(None, [f"kt.phi={PHI}", f"kt.temperature={TEMP}", *overrides])
+    base = [f"kt.phi={PHI}", f"kt.temperature={TEMP}", "kt.class_balance=false"]  # unweighted
+    cfg = load_config(None, [*base, *overrides])
     method = StandardMethod(kt=True)
     x = torch.tensor(H).view(len(H), 2, 1, 1)
     sc = StepContext(cfg, COUNTS, GROUPS, 1, torch.Generator().manual_seed(0))
@@ -143,6 +144,23 @@ def test_one_kt_step_by_hand() -> None:
         "kt_mask_few": (1.0, 1.0),
         "kt_mask_overall": (2.0, 4.0),
     }
+
+
+def test_class_balance_auto_weights_the_kt_loss_only_under_instance_sampling() -> None:
+    """The default kt.class_balance=auto: each sample's KT loss weighted N/(C·n_y) under
+    instance sampling; off under a sampler that already re-weights the classes."""
+    assert load_config().kt.class_balance == "auto" and load_config().kt_class_balance
+    for sampler in ("class_balanced", "sqrt"):
+        assert not load_config(None, [f"data.sampler={sampler}"]).kt_class_balance
+    assert load_config(None, ["kt.class_balance=false"]).kt_class_balance is False
+    plain = _run_step(_kt_net(), [])
+    weighted = _run_step(_kt_net(), ["kt.class_balance=auto"])
+    w = [COUNTS.sum().item() / (len(COUNTS) * COUNTS[y].item()) for y in Y]
+    l2 = _by_hand()["l2"]
+    assert float(weighted.parts["loss_kt"]) == pytest.approx(
+        sum(wi * li for wi, li in zip(w, l2, strict=True)) / 4, rel=1e-5
+    )
+    assert float(plain.parts["loss_kt"]) == pytest.approx(sum(l2) / 4, rel=1e-5)
 
 
 def test_before_the_memory_exists_the_kt_head_learns_by_plain_ce() -> None:

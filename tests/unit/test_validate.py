@@ -353,7 +353,8 @@ def lt_folder(root: Path) -> Path:
         # Before: tail classes weighted twice, no word.
         (
             ["kt.class_balance=true", "data.sampler=class_balanced"],
-            "so they count twice; set kt.class_balance=false or data.sampler=instance",
+            "so they count twice; set kt.class_balance=auto (off under this sampler) or "
+            "data.sampler=instance",
         ),
         (
             ["train.method=oltr", "oltr.stage1=/x", "data.sampler=sqrt"],
@@ -449,3 +450,13 @@ def test_configs_saved_by_an_earlier_version_load_without_their_retired_keys(
     assert RunDir(tmp_path).read_config().train.lr == raw["train"]["lr"]
     with pytest.raises(ConfigError, match="checkpoint_every"):
         load_config(tmp_path / "config.yaml")
+
+
+def test_the_default_kt_class_balance_follows_the_sampler_without_a_refusal() -> None:
+    """kt.class_balance=auto (the default) under a class-balanced sampler is simply off; only an
+    explicit true is refused there."""
+    for sampler in ("class_balanced", "sqrt"):
+        cfg = load_config(None, [f"data.sampler={sampler}"])
+        assert not [p for p in config_problems(cfg) if "class_balance" in p]
+    explicit = load_config(None, ["data.sampler=class_balanced", "kt.class_balance=true"])
+    assert [p for p in config_problems(explicit) if "count twice" in p]
