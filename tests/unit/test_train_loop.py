@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ltray.config import load_config
 from ltray.errors import ConfigError
@@ -375,6 +378,63 @@ def test_the_loop_steps_with_fused_sgd_which_follows_the_same_rule(
             ends.append([p.detach() for p in params])
         for a, b in zip(*ends, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_ce_trains_as_a_plain_cross_entropy_sgd_loop_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train.method=ce`` is plain CE + SGD on the loader's batches (issue 27): its start
+    weights and batches, fed to a hand-written loop (cross-entropy on the linear logits, torch's
+    fused SGD with the configured momentum and weight decay, the scheduled lr per step), end at
+    the run's weights bit for bit, BatchNorm statistics included. Between the epochs the run
+    also builds the memory (a full train pass) and scores val; neither may move a weight or a
+    running statistic, and nothing else in the loop may touch the gradient or the update."""
+    import ltray.train.loop as loop
+
+    cfg = load_config(None, [*TINY, "train.epochs=2", "train.method=ce"])
+    assert cfg.memory.enabled and cfg.memory.init_epoch == 1 and cfg.eval.every == 1
+    start: list[nn.Module] = []
+    batches: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    real = loop.get_method
+
+    def recording(c):  # type: ignore[no-untyped-def]
+        method = real(c)
+        loss = method.loss
+
+        def record(net, fwd, x, y, sc):  # type: ignore[no-untyped-def]
+            if not start:
+                start.append(copy.deepcopy(net))
+            batches.append((x.clone(), y.clone(), sc.epoch))
+            return loss(net, fwd, x, y, sc)
+
+        method.loss = record
+        return method
+
+    monkeypatch.setattr(loop, "get_method", recording)
+    run_training(cfg, tmp_path, LocalContext(), finalize=False)
+    trained = _weights(tmp_path)
+
+    net = start[0]
+    plain = nn.Sequential(net.backbone, net.linear).train()
+    t = cfg.train
+    opt = torch.optim.SGD(
+        plain.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True
+    )
+    per_epoch = len(batches) // t.epochs
+    for k, (x, y, epoch) in enumerate(batches):
+        assert epoch == k // per_epoch
+        for g in opt.param_groups:
+            g["lr"] = t.lr * lr_factor(t, epoch + (k % per_epoch) / per_epoch)
+        loss = F.cross_entropy(plain(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    ours = {k: v for k, v in net.state_dict().items() if not k.startswith("memory.")}
+    assert ours.keys() == {k for k in trained if not k.startswith("memory.")}
+    assert any("running_var" in k for k in ours)
+    for key, value in ours.items():
+        torch.testing.assert_close(trained[key], value, rtol=0, atol=0, msg=key)
+    assert bool(trained["memory.initialized"])  # the full pass did run between the epochs
 
 
 def test_the_loop_refuses_a_combination_a_sweep_sampled(tmp_path: Path) -> None:
