@@ -61,7 +61,8 @@ def test_a_changed_config_is_refused_before_anything_runs(
     )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0, err
-    assert f"kt.phi {load_config().kt.phi:g} → 0.1" in err and "data.imbalance_ratio 10.0 → 20.0" in err
+    assert f"kt.phi {load_config().kt.phi:g} → 0.1" in err
+    assert "data.imbalance_ratio 10.0 → 20.0" in err
     assert "train.epochs" not in err.split("would change")[0]  # more epochs are allowed
     assert f"ltray train --config {run / 'config.yaml'}" in err  # the fix: a new run
     assert _snapshot(run) == before  # nothing written, nothing trained
