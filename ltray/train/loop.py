@@ -429,26 +429,37 @@ def run_training(
 
         ckpt_path = None
         if is_main:
-            ckpt_path = run.save_checkpoint(
-                {
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "best": best,
-                    "config_hash": config_hash(cfg),
-                    "run_hash": run_hash(cfg),
-                },
-                is_best=bool(metrics.get("is_best")),
-            )
-            if last and finalize:
-                # Before the last report: a scheduler (ASHA with a rung at the last epoch) may
-                # stop the trial on that report, and the results must exist by then.
-                results = _finish()
-            if epoch_hook is not None and heads is not None:
-                t_hook = time.time()
-                metrics.update(epoch_hook(_epoch_arrays(epoch, last and finalize)))
-                metrics["hook_time_s"] = time.time() - t_hook
-            run.append_metrics(metrics)
+            final = last and finalize
+            hook = epoch_hook is not None and heads is not None
+            # The epoch's record first, its checkpoint second: an interrupt between the two
+            # leaves a record the resumed run writes again (readers keep the last one per
+            # epoch), never a checkpoint ahead of the records (a resume would skip the epoch's
+            # record for good). The last epoch of a finalized run is the exception: its results
+            # and hook need the best checkpoint, and its results.json marks the run finished.
+            for step in ("checkpoint", "record") if final else ("record", "checkpoint"):
+                if step == "record":
+                    if final:
+                        # Before the last report: a scheduler (ASHA with a rung at the last
+                        # epoch) may stop the trial on that report, and the results must exist
+                        # by then; the hook then scores the cache _finish wrote.
+                        results = _finish()
+                    if hook:
+                        t_hook = time.time()
+                        metrics.update(epoch_hook(_epoch_arrays(epoch, final)))
+                        metrics["hook_time_s"] = time.time() - t_hook
+                    run.append_metrics(metrics)
+                else:
+                    ckpt_path = run.save_checkpoint(
+                        {
+                            "model": net.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "epoch": epoch,
+                            "best": best,
+                            "config_hash": config_hash(cfg),
+                            "run_hash": run_hash(cfg),
+                        },
+                        is_best=bool(metrics.get("is_best")),
+                    )
             print(progress_line(metrics, cfg), flush=True)
         ctx.report(metrics, ckpt_path)
 

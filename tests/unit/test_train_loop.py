@@ -71,6 +71,39 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path) -> No
     assert [m["epoch"] for m in _read_metrics(part)] == [1, 2, 3]
 
 
+def test_an_interrupt_right_after_a_checkpoint_loses_no_epoch_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C between an epoch's checkpoint and its metrics record used to leave last.pt one
+    epoch ahead of metrics.jsonl; the resumed run started after it and the epoch's record was
+    gone for good (`ltray train` Ctrl-C test: epochs 1, 3, 4, ...). The record is now written
+    first: whatever the interrupt hits, the resumed run ends with one record per epoch."""
+    from ltray.train.rundir import RunDir
+
+    cfg = load_config(None, TINY)
+    real = RunDir.save_checkpoint
+    calls = []
+
+    def interrupted_after_epoch_2(self, state, *, is_best):  # type: ignore[no-untyped-def]
+        path = real(self, state, is_best=is_best)
+        calls.append(state["epoch"])
+        if state["epoch"] == 1:  # 0-based: epoch 2 is on disk, then the signal arrives
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", interrupted_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, tmp_path, LocalContext(), finalize=False)
+    assert int(load_state(tmp_path / "checkpoints" / "last.pt")["epoch"]) == 1
+    assert [m["epoch"] for m in _read_metrics(tmp_path)] == [1, 2]
+    monkeypatch.setattr(RunDir, "save_checkpoint", real)
+    run_training(
+        cfg, tmp_path, LocalContext(), resume_from=tmp_path / "checkpoints" / "last.pt",
+        finalize=False,
+    )  # fmt: skip
+    assert [m["epoch"] for m in _read_metrics(tmp_path)] == [1, 2, 3]
+
+
 class RayLags(StopAfter):
     """A worker group killed after epoch ``n`` whose host registered only epoch 1's checkpoint
     (Ray's report trails rank 0's ``last.pt``); ``restored_state`` hands that one back."""
