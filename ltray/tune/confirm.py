@@ -130,23 +130,26 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return (None, None) if found is None else found[:2]
 
 
-def _runs_of(folder: Storage, plan: dict[str, Any]) -> dict[tuple[str, int], str]:
-    """(candidate trial id, seed) → the confirmation trial that ran it, from each run's
-    ``trial.json`` (its sampled values are the candidate's plus ``train.seed``)."""
-    by_params = {
-        json.dumps(c["params"], sort_keys=True, default=str): c["trial_id"]
-        for c in plan["candidates"]
-    }
-    out: dict[tuple[str, int], str] = {}
+def _trials_of(folder: Storage):
+    """(configuration key, seed, trial id, trial folder) of each run under ``folder/trials``
+    (its sampled values are a configuration's plus ``train.seed``)."""
     for trial_dir in (folder / "trials").children():
         info = (trial_dir / "trial.json").read_json(missing_ok=True)
         if info is None:
             continue
         params = dict(info["params"])
         seed = int(params.pop("train.seed"))
-        cand = by_params.get(json.dumps(params, sort_keys=True, default=str))
+        yield _params_key(params), seed, info["trial_id"], trial_dir
+
+
+def _runs_of(folder: Storage, plan: dict[str, Any]) -> dict[tuple[str, int], str]:
+    """(candidate trial id, seed) → the confirmation trial that ran it."""
+    by_params = {_params_key(c["params"]): c["trial_id"] for c in plan["candidates"]}
+    out: dict[tuple[str, int], str] = {}
+    for key, seed, trial_id, _ in _trials_of(folder):
+        cand = by_params.get(key)
         if cand is not None:
-            out[(cand, seed)] = info["trial_id"]
+            out[(cand, seed)] = trial_id
     return out
 
 
@@ -162,13 +165,9 @@ def shared_runs(root: Storage, sub: str) -> dict[tuple[str, int], tuple[str, str
     for other in root.children():
         if other.name == sub or not other.name.startswith(CONFIRM):
             continue
-        for trial_dir in (other / "trials").children():
-            info = (trial_dir / "trial.json").read_json(missing_ok=True)
-            if info is None or not (trial_dir / RunDir.RESULTS).is_file():
-                continue
-            params = dict(info["params"])
-            seed = int(params.pop("train.seed"))
-            out.setdefault((_params_key(params), seed), (other.name, info["trial_id"]))
+        for key, seed, trial_id, trial_dir in _trials_of(other):
+            if (trial_dir / RunDir.RESULTS).is_file():
+                out.setdefault((key, seed), (other.name, trial_id))
     return out
 
 
